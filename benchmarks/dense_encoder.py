@@ -1,0 +1,83 @@
+"""Surgery dense encoder vs open_clip's own encode_image, same weights, same input size, same run.
+
+    python benchmarks/dense_encoder.py [--model ViT-B-16-quickgelu] [--size 448] [--batch 1] [--repeats 5]
+
+Prints images/s for both, the time ratio (surgery / plain; target <= 1.3) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import open_clip
+import torch
+
+from tagalign.models import load_clip, surgery_tokens
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16-quickgelu")
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = load_clip(args.model, device=args.device)
+    # open_clip's encode_image checks the positional-table size, so the baseline is built at the input size and
+    # given the same weights with the table resized the same way.
+    plain = open_clip.create_model(args.model, force_image_size=args.size, device=args.device).eval()
+    state = model.state_dict()
+    grid = args.size // model.visual.conv1.stride[0]
+    from tagalign.models.dense import interpolate_pos_embed
+
+    state["visual.positional_embedding"] = interpolate_pos_embed(
+        state["visual.positional_embedding"], (grid, grid), tuple(model.visual.grid_size)
+    )
+    plain.load_state_dict(state)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        t_plain = _time(lambda: (plain.encode_image(images), sync()), args.repeats)
+        t_surgery = _time(lambda: (surgery_tokens(model.visual, images, 6), sync()), args.repeats)
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
+    print(f"machine: {device_name}, {os.cpu_count()} cores | torch {torch.__version__} "
+          f"| threads {torch.get_num_threads()}")
+    print(f"model {args.model}, random weights, fp32, batch {args.batch}, {args.size}x{args.size}, "
+          f"median of {args.repeats}")
+    print(f"open_clip encode_image : {t_plain:.3f} s/batch  {args.batch / t_plain:.2f} images/s")
+    print(f"surgery_tokens (6 deep): {t_surgery:.3f} s/batch  {args.batch / t_surgery:.2f} images/s")
+    print(f"time ratio surgery/plain: {t_surgery / t_plain:.3f} (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""High-level entry points for users of the library."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .models.clip import load_clip
+from .models.tagalign import TagAlign, load_checkpoint, read_checkpoint
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "ViT-B-16"
+DEFAULT_PRETRAINED = "openai"
+
+
+def load(
+    checkpoint: str | os.PathLike | None = None,
+    clip: str | None = None,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+) -> TagAlign:
+    """A TagAlign model in eval mode.
+
+    With a checkpoint, the CLIP it was trained on is taken from the checkpoint unless ``clip``/``pretrained`` are
+    given (a local weights file, for instance); the CLIP weights hash is checked. Without a checkpoint the projector
+    is untrained, i.e. the training-free CLIP-surgery baseline. With neither ``clip`` nor a checkpoint, the
+    reference's OpenAI ViT-B/16 is loaded.
+    """
+    config: dict = {}
+    if checkpoint is not None:
+        payload = read_checkpoint(checkpoint)
+        config = payload["config"]
+        clip = clip or payload["clip"]["model_name"]
+        pretrained = pretrained if pretrained is not None else payload["clip"]["pretrained"]
+    elif clip is None:
+        clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
+    if pretrained is None:
+        logger.warning("CLIP '%s' gets random weights (no --pretrained given)", clip)
+    model = TagAlign(
+        load_clip(clip, pretrained, device=device),
+        surgery_layers=config.get("surgery_layers", 6),
+        projector=config.get("projector"),
+    ).to(device)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Data: synthetic scenes, image preprocessing."""

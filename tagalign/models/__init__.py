@@ -1,0 +1,28 @@
+"""Model components: CLIP loading, the dense surgery encoder, the projector, the losses and TagAlign."""
+
+from .clip import DEFAULT_TEMPLATES, ClipIdentity, ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
+from .dense import interpolate_pos_embed, surgery_tokens
+from .losses import ImageTextContrastiveLoss, TagClassificationLoss
+from .projector import GatedConvProjector, build_projector
+from .tagalign import CheckpointMismatchError, TagAlign, load_checkpoint, multi_hot, read_checkpoint, save_checkpoint
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "CheckpointMismatchError",
+    "ClipIdentity",
+    "ClipWeightsUnavailableError",
+    "GatedConvProjector",
+    "ImageTextContrastiveLoss",
+    "TagAlign",
+    "TagClassificationLoss",
+    "build_projector",
+    "encode_texts",
+    "get_tokenizer",
+    "interpolate_pos_embed",
+    "load_checkpoint",
+    "load_clip",
+    "multi_hot",
+    "read_checkpoint",
+    "save_checkpoint",
+    "surgery_tokens",
+]

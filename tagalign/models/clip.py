@@ -1,0 +1,245 @@
+"""Load open_clip models (names, config files, tags, local weights) and encode text prompts.
+
+One CLIP load serves the text tower, the dense encoder and the frozen CLIP branch. The loaded model carries a
+:class:`ClipIdentity` (name, weights source, weights hash) so checkpoints can refer to it instead of copying it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "ClipIdentity",
+    "ClipWeightsUnavailableError",
+    "clip_identity",
+    "encode_texts",
+    "get_tokenizer",
+    "load_clip",
+    "weights_hash",
+]
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+#: The evaluation prompt of the reference ("simple" template set).
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+
+class ClipWeightsUnavailableError(RuntimeError):
+    """Pretrained CLIP weights could not be obtained (usually: no internet access)."""
+
+
+@dataclass(frozen=True)
+class ClipIdentity:
+    """What a checkpoint records about the frozen CLIP it was trained on."""
+
+    model_name: str
+    pretrained: str | None
+    weights_hash: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A sha256 prefix over every tensor of ``model``'s state dict (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()[:16]
+
+
+def clip_identity(model: nn.Module) -> ClipIdentity:
+    """The identity attached by :func:`load_clip`, or one computed now for a model built elsewhere."""
+    identity = getattr(model, "tagalign_identity", None)
+    if identity is None:
+        identity = ClipIdentity(model_name=type(model).__name__, pretrained=None, weights_hash=weights_hash(model))
+        model.tagalign_identity = identity
+    return identity
+
+
+def _register_model_config(name_or_config: str) -> str:
+    """Return an open_clip model name, registering a model-config JSON file first if a path is given."""
+    path = Path(name_or_config)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP model config '{path}' does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    name = name_or_config.replace("/", "-")
+    if open_clip.get_model_config(name) is None:
+        raise ValueError(
+            f"Unknown CLIP model '{name_or_config}'. Pass an open_clip model name (e.g. ViT-B-16-quickgelu; "
+            f"see open_clip.list_models()) or the path to an open_clip model-config JSON file."
+        )
+    return name
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """True for OpenAI's released CLIP files, which are TorchScript zip archives."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
+    """Whether the open_clip pretrained tag was trained with QuickGELU (all OpenAI weights are)."""
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    return bool(tag_cfg.get("quick_gelu", False)) or tag.lower() == "openai"
+
+
+def load_clip(
+    name_or_config: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    force_quick_gelu: bool | None = None,
+) -> nn.Module:
+    """Build an open_clip CLIP model, frozen and in eval mode.
+
+    Args:
+        name_or_config: an open_clip model name (``ViT-B-16``) or a path to an open_clip model-config JSON.
+        pretrained: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``...), a local weights file
+            (an OpenAI TorchScript ``.pt`` archive or an open_clip state dict / ``.safetensors``), or None for
+            random initialisation.
+        device: where to put the model.
+        force_quick_gelu: override the activation choice. By default OpenAI weights (the ``openai`` tag, any tag
+            open_clip marks as QuickGELU, or an OpenAI TorchScript archive) always get QuickGELU, because open_clip
+            3.x silently builds ``nn.GELU`` for ``ViT-B-16`` + ``openai`` and the features are then wrong.
+
+    Returns:
+        The model, with a ``tagalign_identity`` attribute (:class:`ClipIdentity`).
+    """
+    model_name = _register_model_config(name_or_config)
+    quick_gelu = force_quick_gelu
+    if pretrained is not None and os.path.isfile(pretrained) and _is_torchscript_archive(pretrained):
+        if force_quick_gelu is False:
+            raise ValueError("OpenAI TorchScript weights are always built with QuickGELU")
+        logger.info("Loading OpenAI CLIP archive %s (QuickGELU)", pretrained)
+        model = open_clip.load_openai_model(pretrained, precision="fp32", device=device)
+    else:
+        if quick_gelu is None:
+            is_tag = pretrained is not None and not os.path.exists(pretrained)
+            quick_gelu = tag_uses_quick_gelu(model_name, pretrained) if is_tag else False
+        if pretrained is not None and not os.path.exists(pretrained) and not open_clip.get_pretrained_cfg(
+            model_name, pretrained
+        ):
+            raise ClipWeightsUnavailableError(
+                f"'{pretrained}' is neither a local file nor a pretrained tag of CLIP model '{model_name}'. "
+                f"Known tags: {open_clip.list_pretrained_tags_by_model(model_name)}"
+            )
+        try:
+            model = open_clip.create_model(
+                model_name,
+                pretrained=pretrained,
+                device=device,
+                precision="fp32",
+                force_quick_gelu=bool(quick_gelu),
+            )
+        except RuntimeError as err:
+            if pretrained is None or os.path.exists(pretrained):
+                raise
+            raise ClipWeightsUnavailableError(
+                f"Could not obtain pretrained weights '{pretrained}' for CLIP model '{model_name}': {err}\n"
+                f"Without internet access, download the weights file on another machine and pass its path instead "
+                f"of the tag, e.g. load_clip('{model_name}', pretrained='/path/to/weights.pt') or "
+                f"--clip {model_name} --pretrained /path/to/weights.pt (OpenAI .pt archives, open_clip .bin/.pt "
+                f"state dicts and .safetensors all work)."
+            ) from err
+    model.eval().requires_grad_(False)
+    model.tagalign_identity = ClipIdentity(
+        model_name=model_name,
+        pretrained=None if pretrained is None else str(pretrained),
+        weights_hash=weights_hash(model),
+    )
+    model.tagalign_model_name = model_name
+    return model
+
+
+def get_tokenizer(model: nn.Module):
+    """The open_clip tokenizer matching ``model`` (the BPE vocabulary ships with open_clip; no download)."""
+    name = getattr(model, "tagalign_model_name", None) or "ViT-B-16"
+    return open_clip.get_tokenizer(name, context_length=getattr(model, "context_length", 77))
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("TAGALIGN_CACHE", Path.home() / ".cache" / "tagalign")) / "text_embeddings"
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def encode_texts(
+    model: nn.Module,
+    names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    chunk_size: int = 1024,
+    cache_dir: str | os.PathLike | None | bool = None,
+    tokenizer=None,
+) -> torch.Tensor:
+    """Text embeddings ``[len(names), D]`` as the mean over templates of the *unnormalised* embeddings.
+
+    Prompts are ``template.format(name)``, tokenised and encoded in chunks of ``chunk_size`` prompts.
+    Results are cached on disk (``$TAGALIGN_CACHE/text_embeddings`` by default, ``cache_dir=False`` disables)
+    under a key of (model name, weights hash, templates, names, context length); the cache file is written
+    atomically.
+    """
+    names = list(names)
+    templates = list(templates)
+    if not names:
+        raise ValueError("encode_texts needs at least one name")
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"every template must contain '{{}}'; got {templates}")
+    identity = clip_identity(model)
+    cache_file = None
+    if cache_dir is not False:
+        key = json.dumps(
+            {
+                "model": identity.model_name,
+                "weights": identity.weights_hash,
+                "templates": templates,
+                "names": names,
+                "context_length": getattr(model, "context_length", None),
+            },
+            sort_keys=True,
+        )
+        root = _default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+        cache_file = root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+        if cache_file.is_file():
+            return torch.load(cache_file, map_location="cpu", weights_only=True)
+
+    tokenizer = tokenizer or get_tokenizer(model)
+    device = next(model.parameters()).device
+    prompts = [template.format(name) for name in names for template in templates]
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(prompts), chunk_size):
+        tokens = tokenizer(prompts[start : start + chunk_size]).to(device)
+        chunks.append(model.encode_text(tokens).float().cpu())
+    model.train(was_training)
+    embeddings = torch.cat(chunks).view(len(names), len(templates), -1).mean(dim=1)
+    if cache_file is not None:
+        _atomic_torch_save(embeddings, cache_file)
+    return embeddings

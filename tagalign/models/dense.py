@@ -1,0 +1,87 @@
+"""Dense token encoders that read an *unmodified* open_clip ``VisionTransformer``.
+
+The CLIP model is never patched: these are functions over its weights. ``surgery_tokens`` is CLIP Surgery's
+architecture surgery as used by TagAlign (reference spec §1): the last ``depth`` blocks get a second,
+"v-v" attention path whose outputs accumulate on a new residual stream without FFN; the CLS token comes from the
+original path, the patch tokens from the new one. Tokens are returned *before* ``ln_post``/``proj``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["interpolate_pos_embed", "surgery_tokens", "validate_surgery_depth"]
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], source_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a learnt ``[1 + gh*gw, C]`` positional table to a ``grid = (h, w)`` token grid.
+
+    Bicubic, ``align_corners=False``, CLS row kept as is, row-major flattening; the parameter is not modified.
+    """
+    if tuple(grid) == tuple(source_grid):
+        return pos_embed
+    cls_row, table = pos_embed[:1], pos_embed[1:]
+    channels = table.shape[-1]
+    table = table.reshape(1, source_grid[0], source_grid[1], channels).permute(0, 3, 1, 2)
+    table = F.interpolate(table.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+    table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], channels).to(pos_embed.dtype)
+    return torch.cat([cls_row, table], dim=0)
+
+
+def validate_surgery_depth(visual: nn.Module, depth: int) -> None:
+    """Raise a clear error if ``visual`` is not a ViT this encoder supports or ``depth`` does not fit it."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None or not hasattr(visual, "conv1"):
+        raise TypeError(f"surgery needs an open_clip VisionTransformer; got {type(visual).__name__}")
+    if not 1 <= depth <= len(blocks):
+        raise ValueError(f"surgery depth must be in 1..{len(blocks)} for this ViT ({len(blocks)} blocks); got {depth}")
+    for index in range(len(blocks) - depth, len(blocks)):
+        attn = getattr(blocks[index], "attn", None)
+        if getattr(attn, "in_proj_weight", None) is None or not hasattr(attn, "out_proj"):
+            raise TypeError(f"block {index}: surgery needs a fused-qkv attention with in_proj_weight and out_proj")
+
+
+def _embed(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch embedding + CLS + (interpolated) positional embedding + ln_pre -> ``[B, 1+h*w, C]``."""
+    x = visual.conv1(images)
+    batch, channels, h, w = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(batch, 1, channels)
+    x = torch.cat([cls, x], dim=1)
+    x = x + interpolate_pos_embed(visual.positional_embedding, (h, w), tuple(visual.grid_size)).to(x.dtype)
+    return visual.ln_pre(x), (h, w)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, tokens, channels = x.shape
+    return x.view(batch, tokens, heads, channels // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+def surgery_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
+    """Surgery tokens ``[B, 1 + h*w, width]`` before ``ln_post``; any input size (``h = H // patch``)."""
+    x, _ = _embed(visual, images)
+    blocks = visual.transformer.resblocks
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    trunk = len(blocks) - depth
+    for block in blocks[:trunk]:
+        x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+
+    x_ori = x_new = x
+    for block in blocks[trunk:]:
+        attn = block.attn
+        qkv = F.linear(block.ln_1(x_ori), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = (_split_heads(t, attn.num_heads) for t in qkv.chunk(3, dim=-1))
+        # Both paths share the one qkv projection; the new path uses v as query and key.
+        out_ori = attn.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        out_vv = attn.out_proj(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
+        x_ori = x_ori + block.ls_1(out_ori)
+        x_ori = x_ori + block.ls_2(block.mlp(block.ln_2(x_ori)))
+        x_new = x_new + block.ls_1(out_vv)
+    return torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)

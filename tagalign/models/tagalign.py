@@ -1,0 +1,275 @@
+"""The TagAlign model: a frozen open_clip CLIP, the surgery dense encoder, a trainable projector and two losses.
+
+Only the projector and the two loss temperatures train. A checkpoint holds just that trainable state plus the
+model config, the CLIP identity (name, weights source, weights hash) and the tag-vocabulary hash; the CLIP weights
+are reloaded from their original source and checked against the hash.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip import ClipIdentity, clip_identity
+from .dense import surgery_tokens, validate_surgery_depth
+from .losses import ImageTextContrastiveLoss, TagClassificationLoss
+from .projector import build_projector
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointMismatchError",
+    "TagAlign",
+    "load_checkpoint",
+    "multi_hot",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "tagalign-checkpoint/1"
+_TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.")
+_LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not belong to this CLIP model (or this projector architecture)."""
+
+
+def multi_hot(tag_ids: Sequence[Sequence[int]], num_tags: int, device=None) -> torch.Tensor:
+    """``[B, num_tags]`` float multi-hot targets from per-sample lists of tag indices."""
+    targets = torch.zeros(len(tag_ids), num_tags, device=device)
+    for row, ids in enumerate(tag_ids):
+        ids = list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= num_tags):
+            raise ValueError(f"sample {row}: tag index outside 0..{num_tags - 1}: {ids}")
+        targets[row, ids] = 1.0
+    return targets
+
+
+def _tensor_hash(tensor: torch.Tensor) -> str:
+    flat = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+    return hashlib.sha256(memoryview(flat.view(torch.uint8).numpy())).hexdigest()[:16]
+
+
+def _vocab_hash(tag_names: Sequence[str] | None, tag_embeddings: torch.Tensor | None) -> str | None:
+    if tag_names is not None:
+        return hashlib.sha256("\n".join(tag_names).encode()).hexdigest()[:16]
+    if tag_embeddings is not None:
+        return _tensor_hash(tag_embeddings)
+    return None
+
+
+class TagAlign(nn.Module):
+    """Frozen CLIP + surgery dense encoder + trainable projector, trained with tag classification and InfoNCE.
+
+    Args:
+        clip_model: an open_clip CLIP (see :func:`tagalign.models.clip.load_clip`); it is frozen and kept in eval.
+        tag_embeddings: ``[T, D]`` text embeddings of the tag vocabulary (needed for the tag loss only).
+        surgery_layers: how many final ViT blocks get the v-v surgery path (reference: 6).
+        projector: projector config dict (see :func:`build_projector`) or a module.
+        loss: ``{"tag_mode", "itc_weight", "tag_weight", "prob_clamp", "tag_frequency", ...}``; extra keys go to
+            :class:`TagClassificationLoss`. A weight of 0 skips that loss entirely.
+        tag_names: the tag vocabulary, used for the vocabulary hash stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tag_embeddings: torch.Tensor | None = None,
+        surgery_layers: int = 6,
+        projector: dict | nn.Module | None = None,
+        loss: dict | None = None,
+        tag_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        validate_surgery_depth(clip_model.visual, surgery_layers)
+        self.clip = clip_model.eval().requires_grad_(False)
+        self.surgery_layers = surgery_layers
+        self.projector = build_projector(
+            clip_model.visual, projector if isinstance(projector, nn.Module) else copy.deepcopy(projector)
+        )
+        loss_cfg = {**_LOSS_DEFAULTS, **(loss or {})}
+        tag_frequency = loss_cfg.pop("tag_frequency", None)
+        self.itc_weight = float(loss_cfg.pop("itc_weight"))
+        self.tag_weight = float(loss_cfg.pop("tag_weight"))
+        self.itc_loss = ImageTextContrastiveLoss()
+        self.tag_loss = TagClassificationLoss(mode=loss_cfg.pop("tag_mode"), tag_frequency=tag_frequency, **loss_cfg)
+        if tag_embeddings is not None:
+            tag_embeddings = torch.as_tensor(tag_embeddings, dtype=torch.float32)
+            embed_dim = self.clip.visual.output_dim
+            if tag_embeddings.ndim != 2 or tag_embeddings.shape[1] != embed_dim:
+                raise ValueError(f"tag_embeddings must be [T, {embed_dim}]; got {list(tag_embeddings.shape)}")
+            if tag_names is not None and len(tag_names) != len(tag_embeddings):
+                raise ValueError(f"{len(tag_names)} tag names for {len(tag_embeddings)} tag embeddings")
+        self.register_buffer("tag_embeddings", tag_embeddings, persistent=False)
+        self.tag_vocab_hash = _vocab_hash(tag_names, tag_embeddings)
+        self.config = {
+            "surgery_layers": surgery_layers,
+            "projector": None if isinstance(projector, nn.Module) else copy.deepcopy(projector or {}),
+            "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
+        }
+
+    # ------------------------------------------------------------------ modes and state
+    def train(self, mode: bool = True) -> TagAlign:
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    @property
+    def patch_size(self) -> int:
+        return self.clip.visual.conv1.stride[0]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The projector and the two loss temperatures: everything a checkpoint needs to store."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(_TRAINABLE_PREFIXES)}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+        if missing or unexpected:
+            raise CheckpointMismatchError(
+                f"trainable state does not match this model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def encode_dense(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen surgery tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient."""
+        return surgery_tokens(self.clip.visual, images, self.surgery_layers)
+
+    def _patch_map(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+
+    def _clip_projection(self, patches: torch.Tensor) -> torch.Tensor:
+        visual = self.clip.visual
+        x = visual.ln_post(patches.permute(0, 2, 3, 1)) @ visual.proj.to(patches.dtype)
+        return x.permute(0, 3, 1, 2)
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalised dense features ``[B, D, h, w]`` (gradient flows into the projector)."""
+        return self.projector(self._patch_map(self.encode_dense(images), images))
+
+    @torch.no_grad()
+    def clip_dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP branch: frozen ln_post/proj on the same surgery tokens, ``[B, D, h, w]``."""
+        return self._clip_projection(self._patch_map(self.encode_dense(images), images))
+
+    @torch.no_grad()
+    def masks(
+        self,
+        images: torch.Tensor,
+        text_emb: torch.Tensor,
+        clip_w: float = 0.3,
+        scale: float = 10.0,
+        bias: float = -2.5,
+    ) -> torch.Tensor:
+        """Per-text probabilities ``[B, N, H, W]`` for one crop (reference spec §6.1).
+
+        ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP branch by ``clip_w``,
+        then bilinearly upsampled to the input size.
+        """
+        patches = self._patch_map(self.encode_dense(images), images)
+        texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
+
+        def probabilities(features: torch.Tensor) -> torch.Tensor:
+            cosine = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
+            return torch.sigmoid(scale * cosine + bias)
+
+        probs = probabilities(self.projector(patches))
+        if clip_w > 0:
+            probs = (1 - clip_w) * probs + clip_w * probabilities(self._clip_projection(patches))
+        return F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ training objective
+    def loss(
+        self,
+        images: torch.Tensor,
+        text_tokens: torch.Tensor | None,
+        tag_targets: torch.Tensor | Sequence[Sequence[int]] | None,
+    ) -> dict[str, torch.Tensor]:
+        """``{"loss_itc", "loss_tag"}`` (each already multiplied by its weight) plus the two temperatures.
+
+        ``tag_targets`` is a multi-hot ``[B, T]`` tensor or per-sample lists of tag indices.
+        """
+        image_emb = self.dense_features(images).mean(dim=(2, 3))
+        losses: dict[str, torch.Tensor] = {}
+        if self.itc_weight:
+            if text_tokens is None:
+                raise ValueError("the image-text loss needs caption tokens")
+            with torch.no_grad():
+                text_emb = self.clip.encode_text(text_tokens.to(images.device))
+            losses["loss_itc"] = self.itc_weight * self.itc_loss(image_emb, text_emb)
+            losses["itc_scale"] = self.itc_loss.temperature().detach()
+        if self.tag_weight:
+            if self.tag_embeddings is None:
+                raise ValueError("the tag loss needs tag_embeddings; build TagAlign with them or set tag_weight=0")
+            if not torch.is_tensor(tag_targets):
+                tag_targets = multi_hot(tag_targets, len(self.tag_embeddings), device=images.device)
+            losses["loss_tag"] = self.tag_weight * self.tag_loss(image_emb, self.tag_embeddings, tag_targets)
+            losses["tag_scale"] = self.tag_loss.temperature().detach()
+        if not any(k.startswith("loss_") for k in losses):
+            raise ValueError("both loss weights are 0: nothing to train")
+        return losses
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(model: TagAlign, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write the trainable state, config, CLIP identity and tag-vocabulary hash atomically to ``path``."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": model.trainable_state_dict(),
+        "config": model.config,
+        "clip": clip_identity(model.clip).to_dict(),
+        "tag_vocab_hash": model.tag_vocab_hash,
+        "extra": extra or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, checking its format."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(f"{path} is not a tagalign checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_checkpoint(model: TagAlign, path: str | os.PathLike, check_clip: bool = True) -> dict:
+    """Load a checkpoint into ``model``; refuse one trained on different CLIP weights. Returns the payload."""
+    payload = read_checkpoint(path)
+    saved = ClipIdentity(**payload["clip"])
+    current = clip_identity(model.clip)
+    if check_clip and saved.weights_hash != current.weights_hash:
+        raise CheckpointMismatchError(
+            f"{path} was trained on CLIP '{saved.model_name}' (weights {saved.pretrained or 'random init'}, hash "
+            f"{saved.weights_hash}), but the model holds CLIP '{current.model_name}' (weights "
+            f"{current.pretrained or 'random init'}, hash {current.weights_hash}). Load the same CLIP, e.g. "
+            f"--clip {saved.model_name} --pretrained {saved.pretrained or '<the same weights file>'}."
+        )
+    if payload["config"].get("surgery_layers") != model.surgery_layers:
+        raise CheckpointMismatchError(
+            f"{path} used surgery_layers={payload['config'].get('surgery_layers')}, the model has "
+            f"{model.surgery_layers}"
+        )
+    saved_vocab = payload.get("tag_vocab_hash")
+    if saved_vocab and model.tag_vocab_hash and saved_vocab != model.tag_vocab_hash:
+        logger.warning("%s was trained with a different tag vocabulary (hash %s, model has %s)",
+                       path, saved_vocab, model.tag_vocab_hash)
+    model.load_trainable_state_dict(payload["state_dict"])
+    return payload

@@ -1,0 +1,70 @@
+"""Render label maps and probability maps as PNG-ready images (no matplotlib needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+_DISTINCT = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+     [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40],
+     [128, 0, 0], [170, 255, 195], [128, 128, 0], [0, 0, 128]], dtype=np.uint8)
+
+
+def class_colours(count: int) -> np.ndarray:
+    """``[count, 3]`` distinct colours (cycled with a shade shift beyond the base palette)."""
+    reps = [np.clip(_DISTINCT.astype(int) - 40 * (i // len(_DISTINCT)), 0, 255) for i in range(count)]
+    return np.array([reps[i][i % len(_DISTINCT)] for i in range(count)], dtype=np.uint8)
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to an RGB blue-cyan-yellow-red ramp, ``[..., 3]`` uint8."""
+    stops = np.array([[20, 20, 120], [0, 170, 220], [250, 230, 40], [220, 30, 30]], dtype=np.float32)
+    position = np.clip(values, 0, 1) * (len(stops) - 1)
+    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
+    frac = (position - low)[..., None]
+    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.55) -> Image.Image:
+    """Blend a label map over the image (label 0 = background if ``names[0]`` is 'background') with a legend."""
+    colours = class_colours(len(names))
+    blended = image.astype(np.float32)
+    for index, name in enumerate(names):
+        if name == "background":
+            continue
+        region = labels == index
+        blended[region] = (1 - alpha) * blended[region] + alpha * colours[index]
+    canvas = Image.fromarray(blended.astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    y = 4
+    for index, name in enumerate(names):
+        if name == "background":
+            continue
+        draw.rectangle([4, y, 16, y + 12], fill=tuple(int(c) for c in colours[index]), outline=(0, 0, 0))
+        draw.text((20, y), name, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+        y += 16
+    return canvas
+
+
+def heatmap_grid(
+    image: np.ndarray, probs: np.ndarray, names: Sequence[str], rows: Sequence[str] = ("",)
+) -> Image.Image:
+    """Image followed by one heatmap per text; ``probs`` is ``[R, N, H, W]`` for R labelled rows."""
+    height, width = image.shape[:2]
+    probs = probs.reshape(len(rows), len(names), height, width)
+    label_h = 16
+    grid = Image.new("RGB", ((len(names) + 1) * width, len(rows) * (height + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(rows):
+        top = r * (height + label_h)
+        grid.paste(Image.fromarray(image), (0, top + label_h))
+        draw.text((4, top + 2), row or "image", fill=(0, 0, 0))
+        for n, name in enumerate(names):
+            heat = heat_colours(probs[r, n])
+            blended = (0.35 * image + 0.65 * heat).astype(np.uint8)
+            grid.paste(Image.fromarray(blended), ((n + 1) * width, top + label_h))
+            draw.text(((n + 1) * width + 4, top + 2), f"{name} (max {probs[r, n].max():.2f})", fill=(0, 0, 0))
+    return grid

@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny randomly initialised open_clip CLIP (see tagalign/models/model_configs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access here: fail fast instead of retrying
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if (SHARED / "nltk_data").is_dir():
+    os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
+
+import tagalign  # noqa: E402,F401  (installs the mmcv._ext stub before any mmseg import)
+from tagalign.models import load_clip  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGALIGN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    torch.manual_seed(0)
+    return load_clip("tagalign-tiny")

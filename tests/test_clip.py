@@ -1,0 +1,127 @@
+"""CLIP loading (names, config files, tags, local files, QuickGELU) and prompt-ensemble text embeddings."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import open_clip
+import pytest
+import torch
+
+from tagalign.models import ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
+
+OPENAI_LIKE = {  # heads = width // 64 as OpenAI's state-dict loader assumes
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "head_width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+}
+
+
+def _gelu_types(model):
+    return {type(m).__name__ for m in model.modules() if "GELU" in type(m).__name__}
+
+
+@pytest.fixture
+def openai_like_config(tmp_path):
+    path = tmp_path / "openai-like-test.json"
+    path.write_text(json.dumps(OPENAI_LIKE))
+    return path
+
+
+def test_tiny_model_is_frozen_and_identified():
+    torch.manual_seed(0)
+    first = load_clip("tagalign-tiny")
+    torch.manual_seed(0)
+    second = load_clip("tagalign-tiny")
+    torch.manual_seed(1)
+    third = load_clip("tagalign-tiny")
+    assert not first.training and not any(p.requires_grad for p in first.parameters())
+    assert first.tagalign_identity.model_name == "tagalign-tiny"
+    assert first.tagalign_identity.weights_hash == second.tagalign_identity.weights_hash
+    assert first.tagalign_identity.weights_hash != third.tagalign_identity.weights_hash
+
+
+def test_config_json_path(openai_like_config):
+    model = load_clip(str(openai_like_config))
+    assert model.tagalign_identity.model_name == "openai-like-test"
+    assert model.visual.conv1.out_channels == 128
+    assert _gelu_types(model) == {"GELU"}  # no OpenAI weights, config says plain GELU
+
+
+def test_unknown_name_and_missing_config_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown CLIP model 'ViT-Q-99'"):
+        load_clip("ViT-Q-99")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_clip(str(tmp_path / "nope.json"))
+    with pytest.raises(ClipWeightsUnavailableError, match="neither a local file nor a pretrained tag"):
+        load_clip("tagalign-tiny", pretrained="no-such-tag")
+
+
+def test_offline_tag_download_names_model_tag_and_local_file_option():
+    start = time.monotonic()
+    with pytest.raises(ClipWeightsUnavailableError) as err:
+        load_clip("ViT-B-32", pretrained="openai")
+    message = str(err.value)
+    assert "'openai'" in message and "'ViT-B-32'" in message and "--pretrained /path/to/weights.pt" in message
+    assert time.monotonic() - start < 60
+
+
+def test_openai_tag_gets_quick_gelu(openai_like_config, tmp_path, monkeypatch):
+    """The tag path: open_clip's download is replaced by a local file; the real build/load code runs."""
+    torch.manual_seed(5)
+    source = load_clip(str(openai_like_config))
+    weights = tmp_path / "weights.pt"
+    torch.save(source.state_dict(), weights)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "openai-like-test", {"openai": {"url": "", "hf_hub": ""}})
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(weights))
+    model = load_clip(str(openai_like_config), pretrained="openai")
+    assert _gelu_types(model) == {"QuickGELU"}
+    assert model.tagalign_identity.weights_hash == source.tagalign_identity.weights_hash
+
+
+def test_openai_torchscript_archive_gets_quick_gelu(openai_like_config, tmp_path):
+    torch.manual_seed(6)
+    source = load_clip(str(openai_like_config), force_quick_gelu=True)
+    source.half().float()  # OpenAI ships fp16 weights and open_clip's loader rounds through fp16
+    source.output_dict = False
+    mask = source._buffers.pop("attn_mask")  # OpenAI's archives hold the causal mask as a constant, not a buffer
+    source.attn_mask = mask
+    archive = tmp_path / "ViT-tiny.pt"
+    image, text = torch.randn(1, 3, 64, 64), get_tokenizer(source)(["a photo"])
+    torch.jit.trace(source, (image, text), check_trace=False).save(str(archive))
+    model = load_clip("ViT-B-16", pretrained=str(archive))
+    assert _gelu_types(model) == {"QuickGELU"}
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), source.encode_image(image), atol=1e-5)
+
+
+def test_encode_texts_is_mean_of_unnormalised_template_embeddings(tiny_clip):
+    names, templates = ["cat", "red sofa", "tv"], ["a photo of a {}.", "a {} in the scene."]
+    emb = encode_texts(tiny_clip, names, templates, cache_dir=False)
+    tokenizer = get_tokenizer(tiny_clip)
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            per_template = tiny_clip.encode_text(tokenizer([t.format(name) for t in templates]))
+            assert torch.allclose(emb[i], per_template.mean(0), atol=1e-5)
+    chunked = encode_texts(tiny_clip, names, templates, chunk_size=1, cache_dir=False)
+    assert torch.allclose(emb, chunked, atol=1e-5)
+
+
+def test_text_embedding_cache_is_keyed_and_used(tiny_clip, tmp_path):
+    cache = tmp_path / "emb"
+    first = encode_texts(tiny_clip, ["cat", "dog"], cache_dir=cache)
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1 and not list(cache.glob(".*tmp"))
+    torch.save(torch.zeros_like(first), files[0])  # a cache hit must return the file's content
+    assert torch.equal(encode_texts(tiny_clip, ["cat", "dog"], cache_dir=cache), torch.zeros_like(first))
+    other = encode_texts(tiny_clip, ["cat", "dog"], templates=["{}"], cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 2 and not torch.equal(other, first)
+    assert len({p.name for p in cache.glob("*.pt")}) == 2
+    encode_texts(tiny_clip, ["dog", "cat"], cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 3
+
+
+def test_bad_templates_are_rejected(tiny_clip):
+    with pytest.raises(ValueError, match="must contain"):
+        encode_texts(tiny_clip, ["cat"], templates=["a photo"], cache_dir=False)
