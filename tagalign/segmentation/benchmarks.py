@@ -1,0 +1,78 @@
+"""The zero-shot benchmarks: where each dataset lives, how it is read, and the paper's number for it.
+
+Data layout and preparation for every key: docs/datasets.md (anchors are the keys).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BENCHMARKS", "PAPER_MIOU", "BenchmarkSpec", "MissingDatasetError", "resolve_data_root"]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    key: str
+    dataset_type: str  # registered mmseg dataset class
+    subdir: str  # default location under --data-root
+    img_path: str
+    seg_map_path: str
+    ann_file: str = ""  # split list relative to the dataset root ("" = every image in img_path)
+    short_side: int = 448
+    long_side: int = 2048
+
+    @property
+    def env_var(self) -> str:
+        return f"TAGALIGN_DATA_{self.key.upper()}"
+
+
+_VOC = dict(subdir="VOCdevkit/VOC2012", img_path="JPEGImages", seg_map_path="SegmentationClass",
+            ann_file="ImageSets/Segmentation/val.txt")
+_CONTEXT = dict(subdir="VOCdevkit/VOC2010", img_path="JPEGImages", seg_map_path="SegmentationClassContext",
+                ann_file="ImageSets/SegmentationContext/val.txt")
+_COCO = dict(subdir="coco_stuff164k", img_path="images/val2017", seg_map_path="annotations/val2017")
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.key: spec
+    for spec in [
+        BenchmarkSpec("voc", "PascalVOCDataset", **_VOC),
+        BenchmarkSpec("context", "PascalContextDataset", **_CONTEXT),
+        BenchmarkSpec("coco_object", "COCOObjectDataset", **_COCO),
+        BenchmarkSpec("voc20", "PascalVOC20Dataset", **_VOC),
+        BenchmarkSpec("context59", "PascalContextDataset59", **_CONTEXT),
+        BenchmarkSpec("coco_stuff", "COCOStuffDataset", **_COCO),
+        BenchmarkSpec("cityscapes", "CityscapesDataset", "cityscapes", "leftImg8bit/val", "gtFine/val"),
+        BenchmarkSpec("ade20k", "ADE20KDataset", "ADEChallengeData2016", "images/validation",
+                      "annotations/validation"),
+    ]
+}
+
+#: TagAlign paper, Table 1, no post-processing.
+PAPER_MIOU = {"voc": 55.3, "context": 32.7, "coco_object": 35.1, "imagenets50": 52.8, "imagenets300": 34.4,
+              "voc20": 83.8, "context59": 35.1, "coco_stuff": 23.1, "cityscapes": 27.3, "ade20k": 16.9}
+WITH_BACKGROUND = ("voc", "context", "coco_object", "imagenets50", "imagenets300")
+
+
+class MissingDatasetError(FileNotFoundError):
+    """A benchmark's files are not where they were expected."""
+
+
+def resolve_data_root(spec: BenchmarkSpec, data_root: str | os.PathLike | None) -> Path:
+    """The dataset root: ``$TAGALIGN_DATA_<KEY>``, else ``<data_root or $TAGALIGN_DATA or ./data>/<subdir>``.
+
+    Raises :class:`MissingDatasetError` naming the expected paths and the documentation section.
+    """
+    if os.environ.get(spec.env_var):
+        root = Path(os.environ[spec.env_var])
+    else:
+        root = Path(data_root or os.environ.get("TAGALIGN_DATA", "data")) / spec.subdir
+    expected = [root / spec.img_path, root / spec.seg_map_path] + ([root / spec.ann_file] if spec.ann_file else [])
+    missing = [str(p) for p in expected if not p.exists()]
+    if missing:
+        raise MissingDatasetError(
+            f"dataset '{spec.key}' not found: missing {', '.join(missing)}. Expected the layout of "
+            f"docs/datasets.md#{spec.key} under {root} (set --data-root, or {spec.env_var} for this dataset alone)."
+        )
+    return root

@@ -1,0 +1,37 @@
+"""mmengine hooks used by the evaluation: writing predicted label maps as PNG files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+from PIL import Image
+
+__all__ = ["SavePredictionsHook"]
+
+
+@HOOKS.register_module(force=True)
+class SavePredictionsHook(Hook):
+    """Save each ``pred_sem_seg`` as ``OUT/<image stem>.png`` (uint8 or uint16 class indices, atomic write).
+
+    Indices are in the dataset's label space after ``reduce_zero_label``: the same space the metric scores.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for sample in outputs or []:
+            labels = sample.pred_sem_seg.data[0].cpu().numpy()
+            labels = labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
+            stem = Path(sample.img_path).name
+            for suffix in (".jpg", ".png", ".JPEG", ".jpeg"):
+                stem = stem.removesuffix(suffix)
+            target = self.out_dir / f"{stem}.png"
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.png")
+            Image.fromarray(labels).save(tmp)
+            os.replace(tmp, target)

@@ -1,0 +1,72 @@
+"""Zero-shot semantic segmentation on the benchmarks (reference protocol: short side 448, slide 448/224).
+
+    python tools/test.py --dataset voc [--checkpoint CKPT] [--data-root data] [--out results.json]
+    python tools/test.py --dataset all --checkpoint CKPT
+    torchrun --nproc_per_node=8 tools/test.py --dataset ade20k --checkpoint CKPT --launcher pytorch
+
+Without --checkpoint the untrained projector is evaluated: the training-free CLIP-surgery baseline.
+Dataset layouts and preparation: docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from tagalign.segmentation.benchmarks import BENCHMARKS  # noqa: E402
+from tagalign.segmentation.evaluate import evaluate, format_table, write_json  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--data-root", help="folder holding every dataset (default $TAGALIGN_DATA or ./data)")
+    parser.add_argument("--checkpoint", help="trained projector checkpoint")
+    parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")
+    parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's/openai)")
+    parser.add_argument("--mode", choices=["slide", "whole"], default="slide")
+    parser.add_argument("--crop-batch", type=int, default=16, help="windows per forward (memory budget)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--bg-thresh", type=float, default=0.4)
+    parser.add_argument("--clip-w", type=float, default=0.3)
+    parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
+    parser.add_argument("--save-preds", help="write predicted label maps as PNG files under DIR/<dataset>/")
+    parser.add_argument("--work-dir", default="work_dirs/test")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
+    inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
+                     bg_thresh=args.bg_thresh, clip_w=args.clip_w)
+    results = {}
+    for key in keys:
+        results[key] = evaluate(
+            key,
+            data_root=args.data_root,
+            checkpoint=args.checkpoint,
+            clip=args.clip,
+            pretrained=args.pretrained,
+            inference=inference,
+            save_preds=Path(args.save_preds) / key if args.save_preds else None,
+            work_dir=Path(args.work_dir) / key,
+            launcher=args.launcher,
+            cfg_options=args.cfg_options,
+        )
+        print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
+    print(format_table(results))
+    if args.out:
+        write_json(results, args.out)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
