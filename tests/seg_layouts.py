@@ -19,7 +19,9 @@ class Layout:
     label_max: int  # labels 0..label_max written
     ignore: bool  # also write 255 pixels
     split_file: str | None = None
-    city: str = ""  # Cityscapes keeps images in per-city folders
+    folder: str = ""  # Cityscapes keeps images in per-city folders, ImageNet-S in per-synset folders
+    rgb_label: bool = False  # ImageNet-S: label = G * 256 + R, ignore = 1000
+    large_first_image: bool = False  # ImageNet-S: one image over 1000x1000 pixels (downsampled on load)
 
 
 LAYOUTS = {
@@ -30,22 +32,27 @@ LAYOUTS = {
     "coco_stuff164k": Layout("coco_stuff164k", "images/val2017", ".jpg", "annotations/val2017",
                              "_labelTrainIds.png", 170, True),
     "cityscapes": Layout("cityscapes", "leftImg8bit/val", "_leftImg8bit.png", "gtFine/val",
-                         "_gtFine_labelTrainIds.png", 18, True, city="frankfurt"),
+                         "_gtFine_labelTrainIds.png", 18, True, folder="frankfurt"),
     "ade20k": Layout("ADEChallengeData2016", "images/validation", ".jpg", "annotations/validation", ".png", 150,
                      False),
+    **{
+        f"imagenets{n}": Layout(f"ImageNetS{n}", "validation", ".JPEG", "validation-segmentation", ".png", n, True,
+                                folder="n01443537", rgb_label=True, large_first_image=n == 50)
+        for n in (50, 300, 919)
+    },
 }
 # the COCO-Object labels live beside COCO-Stuff's, converted by tools/convert_coco_object.py
 COCO_OBJECT_SUFFIX = "_instanceTrainIds.png"
 
 
-def _blocks(rng, height, width, label_max, ignore):
-    label = np.full((height, width), int(rng.integers(0, label_max + 1)), dtype=np.uint8)
+def _blocks(rng, height, width, label_max, ignore, ignore_value=255):
+    label = np.full((height, width), int(rng.integers(0, label_max + 1)), dtype=np.int64)
     for _ in range(4):
         y, x = int(rng.integers(0, height - 40)), int(rng.integers(0, width - 40))
         block_h, block_w = int(rng.integers(20, 60)), int(rng.integers(20, 80))
         label[y : y + block_h, x : x + block_w] = int(rng.integers(0, label_max + 1))
     if ignore:
-        label[:2] = 255
+        label[:2] = ignore_value
     return label
 
 
@@ -54,17 +61,28 @@ def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0)
     layout = LAYOUTS[name]
     rng = np.random.default_rng(seed)
     root = data_root / layout.subdir
-    img_dir, seg_dir = root / layout.img_dir / layout.city, root / layout.seg_dir / layout.city
+    img_dir, seg_dir = root / layout.img_dir / layout.folder, root / layout.seg_dir / layout.folder
     img_dir.mkdir(parents=True, exist_ok=True)
     seg_dir.mkdir(parents=True, exist_ok=True)
     ids = []
     for index in range(num_images):
         height, width = int(rng.integers(100, 160)), int(rng.integers(170, 260))
-        label = _blocks(rng, height, width, layout.label_max, layout.ignore)
-        image = (rng.integers(0, 255, size=(1, 1, 3)) + label[..., None].astype(int) * 7) % 255
-        image_id = f"{layout.city}_{index:06d}_000019" if layout.city else f"img_{index:06d}"
+        if layout.large_first_image and index == 0:
+            height, width = 1010, 1100
+        label = _blocks(rng, height, width, layout.label_max, layout.ignore, 1000 if layout.rgb_label else 255)
+        image = (rng.integers(0, 255, size=(1, 1, 3)) + label[..., None] * 7) % 255
+        if layout.folder == "frankfurt":
+            image_id = f"frankfurt_{index:06d}_000019"
+        elif layout.rgb_label:
+            image_id = f"ILSVRC2012_val_{index + 1:08d}"
+        else:
+            image_id = f"img_{index:06d}"
         Image.fromarray(image.astype(np.uint8)).save(img_dir / f"{image_id}{layout.img_suffix}")
-        Image.fromarray(label).save(seg_dir / f"{image_id}{layout.seg_suffix}")
+        if layout.rgb_label:
+            encoded = np.stack([label % 256, label // 256, np.zeros_like(label)], axis=-1).astype(np.uint8)
+            Image.fromarray(encoded).save(seg_dir / f"{image_id}{layout.seg_suffix}")
+        else:
+            Image.fromarray(label.astype(np.uint8)).save(seg_dir / f"{image_id}{layout.seg_suffix}")
         if name == "coco_stuff164k":
             things = np.where(label < 80, label + 1, 0).astype(np.uint8)  # COCO-Object: stuff and 255 -> 0
             Image.fromarray(things).save(seg_dir / f"{image_id}{COCO_OBJECT_SUFFIX}")

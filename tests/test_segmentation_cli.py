@@ -26,6 +26,9 @@ EXPECTED = {
     "coco_stuff": ("coco_stuff164k", "_labelTrainIds.png", 171, False),
     "cityscapes": ("cityscapes", "_gtFine_labelTrainIds.png", 19, False),
     "ade20k": ("ade20k", ".png", 150, True),
+    "imagenets50": ("imagenets50", ".png", 51, False),
+    "imagenets300": ("imagenets300", ".png", 301, False),
+    "imagenets919": ("imagenets919", ".png", 920, False),
 }
 
 
@@ -37,13 +40,16 @@ def _independent_miou(gt_dir: Path, gt_suffix: str, pred_dir: Path, pred_stem_su
         if gt_suffix == ".png" and gt_file.name.endswith(("_labelTrainIds.png", COCO_OBJECT_SUFFIX)):
             continue
         gt = np.array(Image.open(gt_file)).astype(np.int64)
+        ignore = 255
+        if gt.ndim == 3:  # ImageNet-S: RGB-encoded labels, 1000 = ignore
+            gt, ignore = gt[..., 1] * 256 + gt[..., 0], 1000
         if reduce_zero:
             gt = np.where(gt == 0, 255, gt - 1)
             gt[gt == 254] = 255
         stem = gt_file.name[: -len(gt_suffix)]
         pred = np.array(Image.open(pred_dir / f"{stem}{pred_stem_suffix}.png")).astype(np.int64)
         assert pred.shape == gt.shape
-        valid = gt != 255
+        valid = gt != ignore
         for c in range(classes):
             p, g = (pred == c) & valid, (gt == c) & valid
             intersect[c] += (p & g).sum()

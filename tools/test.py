@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--bg-thresh", type=float, default=0.4)
     parser.add_argument("--clip-w", type=float, default=0.3)
+    parser.add_argument("--pamr", action="store_true", help="PAMR post-processing (the paper's 'Post' rows)")
     parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
     parser.add_argument("--save-preds", help="write predicted label maps as PNG files under DIR/<dataset>/")
     parser.add_argument("--work-dir", default="work_dirs/test")
@@ -46,7 +47,7 @@ def main() -> None:
     args = parse_args()
     keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
     inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
-                     bg_thresh=args.bg_thresh, clip_w=args.clip_w)
+                     bg_thresh=args.bg_thresh, clip_w=args.clip_w, pamr=args.pamr)
     results = {}
     for key in keys:
         results[key] = evaluate(

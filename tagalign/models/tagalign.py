@@ -174,11 +174,12 @@ class TagAlign(nn.Module):
         clip_w: float = 0.3,
         scale: float = 10.0,
         bias: float = -2.5,
+        size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Per-text probabilities ``[B, N, H, W]`` for one crop (reference spec §6.1).
 
         ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP branch by ``clip_w``,
-        then bilinearly upsampled to the input size.
+        then bilinearly upsampled to the input size (or to ``size``).
         """
         patches = self._patch_map(self.encode_dense(images), images)
         texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
@@ -190,7 +191,7 @@ class TagAlign(nn.Module):
         probs = probabilities(self.projector(patches))
         if clip_w > 0:
             probs = (1 - clip_w) * probs + clip_w * probabilities(self._clip_projection(patches))
-        return F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------ training objective
     def loss(

@@ -22,6 +22,9 @@ class BenchmarkSpec:
     ann_file: str = ""  # split list relative to the dataset root ("" = every image in img_path)
     short_side: int = 448
     long_side: int = 2048
+    load_image: str = "LoadImageFromFile"
+    load_annotations: str = "LoadAnnotations"
+    ignore_index: int = 255
 
     @property
     def env_var(self) -> str:
@@ -46,6 +49,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("cityscapes", "CityscapesDataset", "cityscapes", "leftImg8bit/val", "gtFine/val"),
         BenchmarkSpec("ade20k", "ADE20KDataset", "ADEChallengeData2016", "images/validation",
                       "annotations/validation"),
+        *[
+            BenchmarkSpec(f"imagenets{n}", f"ImageNetS{n}Dataset", f"ImageNetS{n}", "validation",
+                          "validation-segmentation", short_side=256 if n == 919 else 448,
+                          load_image="LoadImageNetSImageFromFile", load_annotations="LoadImageNetSAnnotations",
+                          ignore_index=1000)
+            for n in (50, 300, 919)
+        ],
     ]
 }
 

@@ -1,14 +1,29 @@
 """Benchmarks mmseg 1.2.2 lacks, registered in mmseg's DATASETS registry (reference spec §6.3).
 
-VOC20 and COCO-Object; Pascal Context 60/59, COCO-Stuff, Cityscapes and ADE20K come from mmseg itself.
+VOC20, COCO-Object and ImageNet-S 50/300/919 (with their loaders); Pascal Context 60/59, COCO-Stuff, Cityscapes and
+ADE20K come from mmseg itself.
 """
 
 from __future__ import annotations
 
+import mmcv
+import numpy as np
+from mmcv.transforms import BaseTransform, LoadImageFromFile
 from mmseg.datasets import BaseSegDataset, COCOStuffDataset, PascalVOCDataset
-from mmseg.registry import DATASETS
+from mmseg.registry import DATASETS, TRANSFORMS
+from PIL import Image
 
-__all__ = ["COCOObjectDataset", "PascalVOC20Dataset"]
+from .imagenets_classes import IMAGENETS50, IMAGENETS300, IMAGENETS919
+
+__all__ = [
+    "COCOObjectDataset",
+    "ImageNetS50Dataset",
+    "ImageNetS300Dataset",
+    "ImageNetS919Dataset",
+    "LoadImageNetSAnnotations",
+    "LoadImageNetSImageFromFile",
+    "PascalVOC20Dataset",
+]
 
 
 @DATASETS.register_module(force=True)
@@ -38,3 +53,62 @@ class COCOObjectDataset(BaseSegDataset):
 
     def __init__(self, img_suffix=".jpg", seg_map_suffix="_instanceTrainIds.png", **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet-S
+IMAGENETS_IGNORE_INDEX = 1000
+IMAGENETS_MAX_PIXELS = 1000 * 1000
+
+
+@TRANSFORMS.register_module(force=True)
+class LoadImageNetSImageFromFile(LoadImageFromFile):
+    """Load an ImageNet-S image; one with more than 1000x1000 pixels is first resized (bilinear) so its long side is
+    1000, and that size becomes ``ori_shape`` (the prediction is later nearest-resized to the ground truth)."""
+
+    def __init__(self, downsample_large_image: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.downsample_large_image = downsample_large_image
+
+    def transform(self, results: dict) -> dict:
+        results = super().transform(results)
+        height, width = results["img"].shape[:2]
+        if self.downsample_large_image and height * width > IMAGENETS_MAX_PIXELS:
+            size = (int(1000 * width / height), 1000) if height > width else (1000, int(1000 * height / width))
+            results["img"] = mmcv.imresize(results["img"], size, interpolation="bilinear")
+            results["img_shape"] = results["ori_shape"] = results["img"].shape[:2]
+        return results
+
+
+@TRANSFORMS.register_module(force=True)
+class LoadImageNetSAnnotations(BaseTransform):
+    """ImageNet-S ground truth: an RGB PNG whose label is ``G * 256 + R`` (919 classes do not fit a byte);
+    0 is "others" (scored as background), 1000 is ignored."""
+
+    def transform(self, results: dict) -> dict:
+        path = results["seg_map_path"]
+        with Image.open(path) as png:
+            rgb = np.asarray(png.convert("RGB"), dtype=np.int64)
+        results["gt_seg_map"] = rgb[..., 1] * 256 + rgb[..., 0]
+        results.setdefault("seg_fields", []).append("gt_seg_map")
+        return results
+
+
+class _ImageNetSDataset(BaseSegDataset):
+    def __init__(self, img_suffix=".JPEG", seg_map_suffix=".png", **kwargs) -> None:
+        kwargs.setdefault("ignore_index", IMAGENETS_IGNORE_INDEX)
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=False, **kwargs)
+
+
+@DATASETS.register_module(force=True)
+class ImageNetS50Dataset(_ImageNetSDataset):
+    METAINFO = dict(classes=IMAGENETS50)
+
+
+@DATASETS.register_module(force=True)
+class ImageNetS300Dataset(_ImageNetSDataset):
+    METAINFO = dict(classes=IMAGENETS300)
+
+
+@DATASETS.register_module(force=True)
+class ImageNetS919Dataset(_ImageNetSDataset):
+    METAINFO = dict(classes=IMAGENETS919)

@@ -70,14 +70,14 @@ def build_test_config(
                 data_prefix=dict(img_path=spec.img_path, seg_map_path=spec.seg_map_path),
                 ann_file=spec.ann_file,
                 pipeline=[
-                    dict(type="LoadImageFromFile"),
+                    dict(type=spec.load_image),
                     dict(type="Resize", scale=(spec.long_side, spec.short_side), keep_ratio=True),
-                    dict(type="LoadAnnotations"),
+                    dict(type=spec.load_annotations),
                     dict(type="PackSegInputs"),
                 ],
             ),
         ),
-        test_evaluator=dict(type="ZeroShotIoUMetric"),
+        test_evaluator=dict(type="ZeroShotIoUMetric", ignore_index=spec.ignore_index),
         test_cfg=dict(type="TestLoop"),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if launcher != "none" else "gloo")),
         default_hooks=dict(
@@ -94,7 +94,7 @@ def build_test_config(
 
 
 def evaluate(key: str, **kwargs) -> dict:
-    """Evaluate one benchmark; returns ``{"dataset", "mIoU", "per_class_iou", "num_images", "config"}``."""
+    """Evaluate one benchmark: dataset, mIoU, aAcc, classes, per_class_iou, num_images, inference."""
     config = build_test_config(key, **kwargs)
     runner = Runner.from_cfg(config)
     metrics = runner.test()
@@ -103,6 +103,7 @@ def evaluate(key: str, **kwargs) -> dict:
         "dataset": key,
         "mIoU": metrics["mIoU"],
         "aAcc": float(metrics["aAcc"]),
+        "classes": list(iou_metric.dataset_meta["classes"]),
         "per_class_iou": iou_metric.per_class_iou,
         "num_images": len(runner.test_dataloader.dataset),
         "inference": asdict(InferenceConfig(**(kwargs.get("inference") or {}))),

@@ -3,7 +3,8 @@
 Reference spec §6.1-6.2: per 448x448 window (stride 224) the model gives ``sigmoid(scale*cos + bias)`` per text,
 mixed with the frozen CLIP branch by ``clip_w`` and upsampled to the window; a constant ``bg_thresh`` channel is
 prepended for datasets with background; overlapping windows are averaged by per-pixel window counts. All windows of
-an image go through the encoder in batches of at most ``crop_batch`` crops.
+an image go through the encoder in batches of at most ``crop_batch`` crops. Optional PAMR refines each window's
+probabilities at 1/4 of the window resolution before they are upsampled (spec §6.5, an assumption of TCL's recipe).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .pamr import pamr
 
 __all__ = ["InferenceConfig", "predict_probabilities", "window_grid"]
 
@@ -28,6 +32,10 @@ class InferenceConfig:
     bias: float = -2.5
     bg_thresh: float = 0.4
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast; GPU)
+    pamr: bool = False  # PAMR post-processing per window (TCL's recipe; off in the reference)
+    pamr_iter: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_stride: int = 4  # PAMR runs at 1/pamr_stride of the window (TCL refines its 1/4-resolution mask)
 
     def __post_init__(self) -> None:
         if self.mode not in ("slide", "whole"):
@@ -69,9 +77,16 @@ def predict_probabilities(
     height, width = image.shape[-2:]
 
     def score(crops: torch.Tensor) -> torch.Tensor:
+        size = crops.shape[-2:]
+        if config.pamr:
+            size = (max(size[0] // config.pamr_stride, 1), max(size[1] // config.pamr_stride, 1))
         with _autocast(crops.device, config.precision):
-            probs = model.masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale, bias=config.bias)
-        return probs.float()
+            probs = model.masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale, bias=config.bias, size=size)
+        probs = probs.float()
+        if config.pamr:
+            probs = pamr(crops, probs, config.pamr_iter, config.pamr_dilations)
+            probs = F.interpolate(probs, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        return probs
 
     if config.mode == "whole":
         probs = score(image)

@@ -13,14 +13,15 @@ __all__ = ["ZeroShotIoUMetric"]
 class ZeroShotIoUMetric(IoUMetric):
     """Dataset-level IoU per class (total intersection / total union), nan-mean over classes present.
 
-    ``mIoU`` is in percent and not rounded; ``per_class_iou`` holds ``{class: IoU %}`` (None where a class never
-    occurs in ground truth or prediction) after each evaluation.
+    ``mIoU`` is in percent and not rounded; after each evaluation ``per_class_iou`` holds the IoU (%) of each class
+    in ``dataset_meta["classes"]`` order (None where a class occurs in neither ground truth nor prediction); a list,
+    because class names can repeat (ImageNet's two "crane"s).
     """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("iou_metrics", ["mIoU"])
         super().__init__(**kwargs)
-        self.per_class_iou: dict[str, float | None] = {}
+        self.per_class_iou: list[float | None] = []
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         intersect = sum(r[0] for r in results).double()
@@ -28,8 +29,5 @@ class ZeroShotIoUMetric(IoUMetric):
         iou = (intersect / union).numpy()  # nan where union == 0
         metrics = super().compute_metrics(results)
         metrics["mIoU"] = float(np.nanmean(iou) * 100)
-        self.per_class_iou = {
-            name: (None if np.isnan(value) else float(value * 100))
-            for name, value in zip(self.dataset_meta["classes"], iou)
-        }
+        self.per_class_iou = [None if np.isnan(value) else float(value * 100) for value in iou]
         return metrics

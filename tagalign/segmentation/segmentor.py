@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 
@@ -62,8 +64,21 @@ class TagAlignSegmentor(BaseSegmentor):
         )
 
     def predict(self, inputs: torch.Tensor, data_samples=None):
-        """Probabilities resized to each original image (bilinear) and argmaxed by mmseg's postprocess."""
-        return self.postprocess_result(self.encode_decode(inputs), data_samples)
+        """Probabilities resized to each original image (bilinear) and argmaxed by mmseg's postprocess.
+
+        Where the ground truth is larger than ``ori_shape`` (ImageNet-S images downsampled on load), the label map
+        is then nearest-resized to the ground truth, as the reference does.
+        """
+        samples = self.postprocess_result(self.encode_decode(inputs), data_samples)
+        for sample in samples:
+            if "gt_sem_seg" not in sample:
+                continue
+            gt_shape = tuple(sample.gt_sem_seg.data.shape[-2:])
+            pred = sample.pred_sem_seg.data
+            if tuple(pred.shape[-2:]) != gt_shape:
+                resized = F.interpolate(pred[None].float(), size=gt_shape, mode="nearest")[0].to(pred.dtype)
+                sample.set_data({"pred_sem_seg": PixelData(data=resized)})
+        return samples
 
     def _forward(self, inputs, data_samples=None):
         return self.encode_decode(inputs)
