@@ -14,6 +14,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 __all__ = ["MMCV_OPS_STUBBED", "install_mmcv_ext_stub"]
 
@@ -37,19 +38,18 @@ def install_mmcv_ext_stub() -> bool:
     """Register the ``mmcv._ext`` stand-in if mmcv is installed without compiled ops; return True if installed."""
     if "mmcv._ext" in sys.modules:
         return isinstance(sys.modules["mmcv._ext"], _MissingCompiledOps)
-    if importlib.util.find_spec("mmcv") is None:
+    spec = importlib.util.find_spec("mmcv")  # does not import mmcv (slow: cv2, mmengine)
+    if spec is None:
         return False
-    try:
-        import mmcv._ext  # noqa: F401  (real compiled ops: nothing to do)
-
-        return False
-    except ImportError:
-        stub = _MissingCompiledOps("mmcv._ext")
-        # mmengine's mmcv_full_available() calls pkgutil.find_loader, which needs a __spec__; a None loader
-        # makes it report "no full mmcv", which is the truth.
-        stub.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
-        sys.modules["mmcv._ext"] = stub
-        return True
+    locations = spec.submodule_search_locations or []
+    if any(next(Path(location).glob("_ext*"), None) for location in locations):
+        return False  # mmcv with compiled ops: nothing to do
+    stub = _MissingCompiledOps("mmcv._ext")
+    # mmengine's mmcv_full_available() calls pkgutil.find_loader, which needs a __spec__; a None loader makes it
+    # report "no full mmcv", which is the truth.
+    stub.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
+    sys.modules["mmcv._ext"] = stub
+    return True
 
 
 MMCV_OPS_STUBBED: bool = install_mmcv_ext_stub()

@@ -1,0 +1,173 @@
+"""The parse stage: stream captions, tag them in chunks, write ``OUT/parsed/part-SSSSS-CCCCCC.jsonl`` atomically.
+
+Every input record appears exactly once in the part files, as
+``{"key", "caption", "objects", "attributes", "status"}`` (plus ``"error"``/``"raw"`` when ``status`` is
+``"failed"``). Work is split deterministically into ``num_shards`` shards: by file when there are at least as many
+input files as shards, else by record index. Each shard's records are cut into chunks of ``chunk_size``; a chunk's
+part file (and its ``.stats.json`` sidecar) is renamed into place only when complete, so a killed run resumes by
+skipping the chunks already written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .parsers import ParseResult, TagParser
+from .sources import CaptionRecord, SourceReport, expand_inputs, iter_records
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ResumeMismatchError", "parse_captions", "shard_from_environment"]
+
+MAX_CAPTION_CHARS = 1000
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+class ResumeMismatchError(RuntimeError):
+    """Existing part files do not match the input (it changed, or different shard settings were used)."""
+
+
+def shard_from_environment() -> tuple[int, int]:
+    """``(num_shards, shard_id)`` from SLURM (SLURM_NTASKS/SLURM_PROCID) or torchrun (WORLD_SIZE/RANK)."""
+    for total, rank in (("SLURM_NTASKS", "SLURM_PROCID"), ("WORLD_SIZE", "RANK")):
+        if os.environ.get(total) and os.environ.get(rank):
+            return int(os.environ[total]), int(os.environ[rank])
+    return 1, 0
+
+
+def _shard_records(files: Sequence[Path], num_shards: int, shard_id: int,
+                   report: SourceReport) -> Iterator[CaptionRecord]:
+    if len(files) >= num_shards:
+        yield from iter_records([f for i, f in enumerate(files) if i % num_shards == shard_id], report)
+        return
+    for index, record in enumerate(iter_records(files, report)):
+        if index % num_shards == shard_id:
+            yield record
+
+
+def _chunks(records: Iterator[CaptionRecord], size: int) -> Iterator[list[CaptionRecord]]:
+    chunk: list[CaptionRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _first_key(path: Path) -> str | None:
+    with open(path, encoding="utf-8") as handle:
+        line = handle.readline()
+    return json.loads(line)["key"] if line else None
+
+
+def _tag_chunk(chunk: list[CaptionRecord], parser: TagParser, max_chars: int) -> tuple[list[dict], Counter]:
+    stats: Counter = Counter(captions=len(chunk))
+    rows: list[dict | None] = [None] * len(chunk)
+    to_parse: list[int] = []
+    for i, record in enumerate(chunk):
+        stats["invalid_utf8"] += record.invalid_utf8
+        row = {"key": record.key, "caption": record.caption, "objects": [], "attributes": []}
+        if record.rejected:
+            stats["malformed_records"] += 1
+            rows[i] = {**row, "status": "failed", "error": record.rejected}
+        elif not record.caption.strip():
+            stats["empty_captions"] += 1
+            rows[i] = {**row, "status": "failed", "error": "empty caption"}
+        else:
+            stats["cjk_captions"] += bool(_CJK.search(record.caption))
+            stats["truncated_captions"] += len(record.caption) > max_chars
+            rows[i] = row
+            to_parse.append(i)
+    results: list[ParseResult] = parser.parse([chunk[i].caption[:max_chars] for i in to_parse]) if to_parse else []
+    for i, result in zip(to_parse, results):
+        row = rows[i]
+        row.update(objects=result.objects, attributes=result.attributes, status=result.status)
+        if result.status != "ok":
+            stats["parse_failures"] += 1
+            row.update(error=result.error, raw=result.raw)
+    stats["ok"] = sum(r["status"] == "ok" for r in rows)
+    stats["failed"] = len(rows) - stats["ok"]
+    return rows, stats
+
+
+def parse_captions(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    parser: TagParser,
+    num_shards: int = 1,
+    shard_id: int = 0,
+    chunk_size: int = 10_000,
+    max_chars: int = MAX_CAPTION_CHARS,
+    progress: bool = True,
+) -> dict:
+    """Tag every caption of this shard; returns the shard's statistics (also written to ``OUT/stats/``)."""
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard id {shard_id} is outside 0..{num_shards - 1}")
+    out_dir = Path(out_dir)
+    parsed_dir, stats_dir = out_dir / "parsed", out_dir / "stats"
+    parsed_dir.mkdir(parents=True, exist_ok=True)
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    for stale in parsed_dir.glob(f".part-{shard_id:05d}-*.tmp"):  # left by a killed run of this shard
+        stale.unlink(missing_ok=True)
+    files = expand_inputs(inputs)
+    report = SourceReport()
+    totals: Counter = Counter()
+    resumed = 0
+    start = time.monotonic()
+    last_log = start
+    for index, chunk in enumerate(_chunks(_shard_records(files, num_shards, shard_id, report), chunk_size)):
+        part = parsed_dir / f"part-{shard_id:05d}-{index:06d}.jsonl"
+        sidecar = part.with_suffix(".stats.json")
+        if part.exists() and sidecar.exists():
+            if _first_key(part) != chunk[0].key:
+                raise ResumeMismatchError(
+                    f"{part} starts with key {_first_key(part)!r} but the input now gives {chunk[0].key!r} at this "
+                    f"position: the input or --num-shards/--chunk-size changed. Use a new output directory."
+                )
+            totals.update(json.loads(sidecar.read_text()))
+            resumed += 1
+            continue
+        rows, stats = _tag_chunk(chunk, parser, max_chars)
+        _atomic_write(sidecar, json.dumps(dict(stats)))
+        _atomic_write(part, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        totals.update(stats)
+        now = time.monotonic()
+        if progress and (now - last_log > 10 or index == 0):
+            last_log = now
+            done = totals["captions"]
+            logger.info("shard %d/%d: %d captions tagged (%d ok, %d failed), %.0f captions/s", shard_id, num_shards,
+                        done, totals["ok"], totals["failed"], done / max(now - start, 1e-9))
+    summary = {
+        "shard_id": shard_id,
+        "num_shards": num_shards,
+        "parser": parser.name,
+        **{k: int(totals.get(k, 0)) for k in ("captions", "ok", "failed", "parse_failures", "empty_captions",
+                                              "malformed_records", "invalid_utf8", "cjk_captions",
+                                              "truncated_captions")},
+        "input_files": report.files,
+        "bad_files": report.bad_files,
+        "chunks_resumed": resumed,
+    }
+    _atomic_write(stats_dir / f"shard-{shard_id:05d}.json", json.dumps(summary, indent=2))
+    logger.info("shard %d/%d done: %d captions (%d ok, %d failed); %d bad input files; %d chunks were already done",
+                shard_id, num_shards, summary["captions"], summary["ok"], summary["failed"], len(report.bad_files),
+                resumed)
+    return summary

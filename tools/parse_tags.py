@@ -1,0 +1,120 @@
+"""Captions -> object/attribute tags -> vocabulary -> labels -> tag embeddings, for training.
+
+    # one process: parse, merge, embed
+    python tools/parse_tags.py all CAPTIONS... --out OUT [--backend vllm|nltk] [--clip ViT-B-16 --pretrained openai]
+    # a cluster: one parse per GPU (shard id/count also read from SLURM_PROCID/SLURM_NTASKS or RANK/WORLD_SIZE)
+    python tools/parse_tags.py parse CAPTIONS... --out OUT --num-shards 16 --shard-id 3 --model Qwen/Qwen2.5-7B-Instruct
+    python tools/parse_tags.py merge OUT [--top-k-objects 10000 --top-k-attributes 1000 | --vocab-from ram_tags.txt]
+    python tools/parse_tags.py embed OUT --clip ViT-B-16 --pretrained openai
+
+CAPTIONS: img2dataset output directories, CC12M .tsv files (url<TAB>caption) or .jsonl ({"key", "caption"}).
+Output layout: docs/formats.md. Interrupted runs resume where they stopped when rerun with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tagalign.tags.normalize import NON_VISUAL_WORDS  # noqa: E402
+from tagalign.tags.parse import parse_captions, shard_from_environment  # noqa: E402
+
+DEFAULT_LLM = "lmsys/vicuna-33b-v1.3"
+
+
+def _add_parse_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="img2dataset dirs, .tsv, .jsonl, .parquet or .tar files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--backend", choices=["vllm", "nltk"], default="vllm")
+    parser.add_argument("--model", default=DEFAULT_LLM, help="vLLM model (name or local directory)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=256, help="answer length limit")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-shards", type=int, help="total shards (default: SLURM/torchrun world size or 1)")
+    parser.add_argument("--shard-id", type=int, help="this shard (default: SLURM/torchrun rank or 0)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="captions per part file (resume unit)")
+    parser.add_argument("--stop-list", action="store_true", help="drop non-visual words (photo, stock, view, ...)")
+
+
+def _add_merge_args(parser: argparse.ArgumentParser, with_out: bool) -> None:
+    if with_out:
+        parser.add_argument("out", help="output directory of the parse stage")
+    parser.add_argument("--top-k-objects", type=int, default=10_000)
+    parser.add_argument("--top-k-attributes", type=int, default=1_000)
+    parser.add_argument("--min-count", type=int, default=1)
+    parser.add_argument("--vocab-from", help="use this tag list (csv with a 'tag' column, or one tag per line)")
+
+
+def _add_embed_args(parser: argparse.ArgumentParser, with_out: bool) -> None:
+    if with_out:
+        parser.add_argument("out")
+    parser.add_argument("--clip", default=None if not with_out else "ViT-B-16",
+                        help="CLIP text tower for tag embeddings" + ("" if with_out else " (omit to skip embedding)"))
+    parser.add_argument("--pretrained", default="openai")
+    parser.add_argument("--device", default="cpu")
+
+
+def _parser(args: argparse.Namespace):
+    stop = NON_VISUAL_WORDS if args.stop_list else ()
+    if args.backend == "nltk":
+        from tagalign.tags.parsers import NLTKParser
+
+        return NLTKParser(stop)
+    from tagalign.tags.parsers import LLMParser, VLLMGenerator
+
+    generator = VLLMGenerator(args.model, tensor_parallel_size=args.tensor_parallel_size,
+                              max_model_len=args.max_model_len, max_tokens=args.max_tokens,
+                              gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype)
+    return LLMParser(generator, stop)
+
+
+def run_parse(args: argparse.Namespace) -> dict:
+    env_shards, env_id = shard_from_environment()
+    num_shards = args.num_shards or env_shards
+    shard_id = args.shard_id if args.shard_id is not None else env_id
+    return parse_captions(args.inputs, args.out, _parser(args), num_shards, shard_id, args.chunk_size)
+
+
+def run_merge(args: argparse.Namespace) -> dict:
+    from tagalign.tags.merge import merge_parsed
+
+    return merge_parsed(args.out, args.top_k_objects, args.top_k_attributes, args.min_count, args.vocab_from)
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from tagalign.tags.embed import embed_vocab
+
+    path = embed_vocab(args.out, args.clip, args.pretrained or None, device=args.device)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_parse_args(commands.add_parser("parse", help="tag captions (one shard)"))
+    _add_merge_args(commands.add_parser("merge", help="vocabulary + labels from all parsed shards"), True)
+    _add_embed_args(commands.add_parser("embed", help="tag embeddings through a CLIP text tower"), True)
+    everything = commands.add_parser("all", help="parse + merge (+ embed with --clip) in one process")
+    _add_parse_args(everything)
+    _add_merge_args(everything, False)
+    _add_embed_args(everything, False)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("tagalign").setLevel(logging.INFO)
+    if args.command in ("parse", "all"):
+        print(json.dumps(run_parse(args), indent=2))
+    if args.command in ("merge", "all"):
+        print(json.dumps(run_merge(args), indent=2))
+    if args.command == "embed" or (args.command == "all" and args.clip):
+        run_embed(args)
+
+
+if __name__ == "__main__":
+    main()
