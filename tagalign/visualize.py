@@ -28,9 +28,11 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.55) -> Image.Image:
-    """Blend a label map over the image (label 0 = background if ``names[0]`` is 'background') with a legend."""
-    colours = class_colours(len(names))
+def overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.55,
+            colours: np.ndarray | None = None) -> Image.Image:
+    """Blend a label map over the image (label 0 = background if ``names[0]`` is 'background') with a legend;
+    ``colours`` (``[len(names), 3]``) overrides the default palette."""
+    colours = class_colours(len(names)) if colours is None else np.asarray(colours, dtype=np.uint8)
     blended = image.astype(np.float32)
     for index, name in enumerate(names):
         if name == "background":

@@ -18,13 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tagalign.segmentation.benchmarks import BENCHMARKS  # noqa: E402
+from tagalign.segmentation.benchmarks import BENCHMARKS, EXTRA_BENCHMARKS  # noqa: E402
 from tagalign.segmentation.evaluate import evaluate, format_table, write_json  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, "all"])
     parser.add_argument("--data-root", help="folder holding every dataset (default $TAGALIGN_DATA or ./data)")
     parser.add_argument("--checkpoint", help="trained projector checkpoint")
     parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")

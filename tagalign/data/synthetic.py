@@ -5,9 +5,15 @@ It needs no download, so the quickstart, the demo default and the tests can run 
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -43,8 +49,10 @@ def _shape_mask(shape: str, height: int, width: int, cy: int, cx: int, radius: i
     raise ValueError(f"unknown shape '{shape}'")
 
 
-def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), max_objects: int = 3) -> Scene:
-    """One scene with 1..max_objects non-overlapping coloured shapes on a noisy, striped background."""
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), max_objects: int = 2,
+                 radius: tuple[float, float] = (0.15, 0.28)) -> Scene:
+    """One scene with 1..max_objects non-overlapping coloured shapes on a noisy, striped background; shape radii
+    are drawn from ``radius`` (fractions of the short side)."""
     height, width = size
     base = rng.integers(90, 160, size=3)
     stripes = (np.sin(np.arange(width) / rng.uniform(3, 9))[None, :, None] * 12).astype(np.int16)
@@ -54,10 +62,10 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), m
     objects: list[tuple[str, str]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
-            radius = int(rng.integers(min(size) // 10, min(size) // 5))
-            cy, cx = int(rng.integers(radius, height - radius)), int(rng.integers(radius, width - radius))
+            r = int(rng.uniform(*radius) * min(size))
+            cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            region = _shape_mask(shape, height, width, cy, cx, radius)
+            region = _shape_mask(shape, height, width, cy, cx, r)
             if not (mask[region] > 0).any():
                 break
         else:
@@ -68,3 +76,71 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), m
         shade = np.array(COLOURS[colour]) + rng.normal(0, 6, size=(int(region.sum()), 3))
         image[region] = np.clip(shade, 0, 255).astype(np.uint8)
     return Scene(image=image, mask=mask, objects=objects)
+
+
+# ------------------------------------------------------------------------------------------ on-disk writers
+#: Classes of the evaluation split: the colour (attribute) of each shape; background is not scored (VOC20-style).
+EVAL_CLASSES: tuple[str, ...] = tuple(COLOURS)
+
+
+def write_img2dataset_shards(root: Path, samples: Sequence[tuple[np.ndarray, str]], per_shard: int = 500,
+                             failed_every: int = 0, with_parquet: bool = True) -> list[str]:
+    """Write ``(image, caption)`` samples in img2dataset's webdataset layout: ``NNNNN.tar`` (``key.jpg``,
+    ``key.txt``, ``key.json``), ``NNNNN.parquet`` and ``NNNNN_stats.json``. Returns the keys in the tars.
+
+    ``failed_every=k`` marks every k-th sample as a failed download (in the parquet, not in the tar), as
+    img2dataset does.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for start in range(0, len(samples), per_shard):
+        shard_id = start // per_shard
+        rows: dict[str, list] = {"key": [], "caption": [], "url": [], "status": [], "error_message": []}
+        with tarfile.open(root / f"{shard_id:05d}.tar", "w") as archive:
+            for index in range(start, min(start + per_shard, len(samples))):
+                image, caption = samples[index]
+                key = f"{shard_id:05d}{index - start:04d}"
+                failed = bool(failed_every) and index % failed_every == failed_every - 1
+                url = f"http://shapes.invalid/{index}.jpg"
+                rows["key"].append(key)
+                rows["caption"].append(caption)
+                rows["url"].append(url)
+                rows["status"].append("failed_to_download" if failed else "success")
+                rows["error_message"].append("HTTP 404" if failed else None)
+                if failed:
+                    continue
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="JPEG", quality=92)
+                meta = {"key": key, "url": url, "caption": caption, "status": "success"}
+                for name, data in ((f"{key}.jpg", buffer.getvalue()), (f"{key}.txt", caption.encode()),
+                                   (f"{key}.json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    archive.addfile(info, io.BytesIO(data))
+                keys.append(key)
+        if with_parquet:
+            pq.write_table(pa.table(rows), root / f"{shard_id:05d}.parquet")
+        (root / f"{shard_id:05d}_stats.json").write_text(json.dumps({"count": len(rows["key"])}))
+    return keys
+
+
+def write_voc_split(root: Path, scenes: Sequence[Scene], classes: Sequence[str] = EVAL_CLASSES) -> list[str]:
+    """Scenes as a Pascal-VOC-layout segmentation split: 0 = background, 1 + index of the shape's colour."""
+    root = Path(root)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for index, scene in enumerate(scenes):
+        label = np.zeros(scene.mask.shape, dtype=np.uint8)
+        for k, (colour, _) in enumerate(scene.objects, start=1):
+            label[scene.mask == k] = 1 + classes.index(colour)
+        image_id = f"shapes_{index:05d}"
+        Image.fromarray(scene.image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        Image.fromarray(label).save(root / "SegmentationClass" / f"{image_id}.png")
+        ids.append(image_id)
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    return ids

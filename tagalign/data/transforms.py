@@ -46,3 +46,19 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of ``[B, C, h, w]`` maps to ``size`` (align_corners=False)."""
     return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+
+
+def train_transform(size: int = 224, deit_aug: bool = True, scale: tuple[float, float] = (0.08, 1.0)):
+    """The reference's training augmentation: timm's DeiT recipe (RandomResizedCrop 0.08-1, flip,
+    RandAugment rand-m9-mstd0.5-inc1, RandomErasing 0.25 pixel mode), ImageNet mean/std. timm skips colour jitter
+    when auto-augment is on, as in the reference. ``deit_aug=False``: resize + centre crop only."""
+    from timm.data import create_transform
+
+    if not deit_aug:
+        return create_transform(size, is_training=False, interpolation="bicubic", mean=IMAGENET_MEAN,
+                                std=IMAGENET_STD, crop_pct=1.0)
+    return create_transform(
+        size, is_training=True, scale=scale, ratio=(3 / 4, 4 / 3), hflip=0.5, color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1", interpolation="bilinear", re_prob=0.25, re_mode="pixel", re_count=1,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    )

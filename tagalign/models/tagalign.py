@@ -44,6 +44,15 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not belong to this CLIP model (or this projector architecture)."""
 
 
+def _plain(value):
+    """Config values as plain Python containers (mmengine ConfigDicts do not survive weights-only loading)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def multi_hot(tag_ids: Sequence[Sequence[int]], num_tags: int, device=None) -> torch.Tensor:
     """``[B, num_tags]`` float multi-hot targets from per-sample lists of tag indices."""
     targets = torch.zeros(len(tag_ids), num_tags, device=device)
@@ -112,11 +121,11 @@ class TagAlign(nn.Module):
                 raise ValueError(f"{len(tag_names)} tag names for {len(tag_embeddings)} tag embeddings")
         self.register_buffer("tag_embeddings", tag_embeddings, persistent=False)
         self.tag_vocab_hash = _vocab_hash(tag_names, tag_embeddings)
-        self.config = {
+        self.config = _plain({
             "surgery_layers": surgery_layers,
-            "projector": None if isinstance(projector, nn.Module) else copy.deepcopy(projector or {}),
+            "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),
             "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
-        }
+        })
 
     # ------------------------------------------------------------------ modes and state
     def train(self, mode: bool = True) -> TagAlign:

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "PAPER_MIOU", "BenchmarkSpec", "MissingDatasetError", "resolve_data_root"]
+__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "BenchmarkSpec", "MissingDatasetError", "resolve_data_root"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             for n in (50, 300, 919)
         ],
     ]
+}
+
+#: Not part of ``--dataset all``: the generated shapes world of the quickstart (Pascal VOC layout).
+EXTRA_BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "shapes": BenchmarkSpec("shapes", "ShapesDataset", "shapes_voc", "JPEGImages", "SegmentationClass",
+                            ann_file="ImageSets/Segmentation/val.txt", short_side=224),
 }
 
 #: TagAlign paper, Table 1, no post-processing.

@@ -13,6 +13,7 @@ from mmseg.datasets import BaseSegDataset, COCOStuffDataset, PascalVOCDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
+from ..data.synthetic import EVAL_CLASSES
 from .imagenets_classes import IMAGENETS50, IMAGENETS300, IMAGENETS919
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LoadImageNetSAnnotations",
     "LoadImageNetSImageFromFile",
     "PascalVOC20Dataset",
+    "ShapesDataset",
 ]
 
 
@@ -112,3 +114,14 @@ class ImageNetS300Dataset(_ImageNetSDataset):
 @DATASETS.register_module(force=True)
 class ImageNetS919Dataset(_ImageNetSDataset):
     METAINFO = dict(classes=IMAGENETS919)
+
+
+@DATASETS.register_module(force=True)
+class ShapesDataset(BaseSegDataset):
+    """The generated shapes world's evaluation split (Pascal VOC layout): each shape labelled by its colour;
+    background (0) is ignored, as in the paper's without-background benchmarks."""
+
+    METAINFO = dict(classes=EVAL_CLASSES)
+
+    def __init__(self, img_suffix=".jpg", seg_map_suffix=".png", **kwargs) -> None:
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=True, **kwargs)

@@ -1,0 +1,13 @@
+# TagAlign on OpenAI CLIP ViT-B/16 (QuickGELU), reference projector and losses.
+tags_dir = "data/tags"
+model = dict(
+    type="TagAlignTrainModel",
+    clip="ViT-B-16",
+    pretrained="openai",
+    tag_embeddings=f"{tags_dir}/tag_embeddings.pt",
+    tag_frequency=f"{tags_dir}/tag_frequency.npy",
+    surgery_layers=6,
+    projector=dict(type="gated_conv", num_units=4, kernel_size=3),
+    # tag_mode: "softmax" (reference code) | "balanced" (paper Eq. 4) | "weighted" | "focal" | "asymmetric"
+    loss=dict(tag_mode="softmax", itc_weight=1.0, tag_weight=1.0, prob_clamp=1e-8),
+)

@@ -1,0 +1,36 @@
+# The embedded default: the tiny random CLIP on the generated shapes world, a few hundred iterations on CPU.
+# Run it with `python tools/quickstart.py`, which generates the data under work_dirs/quickstart/data first.
+_base_ = ["_base_/default_runtime.py", "_base_/schedules/constant_30k.py"]
+data_root = "work_dirs/quickstart/data"
+work_dir = "work_dirs/quickstart/train"
+model = dict(
+    type="TagAlignTrainModel",
+    clip="tagalign-tiny",
+    pretrained=f"{data_root}/tiny_clip.pt",  # the tiny CLIP's random weights, written once by the data generator
+    tag_embeddings=f"{data_root}/tags/tag_embeddings.pt",
+    tag_frequency=f"{data_root}/tags/tag_frequency.npy",
+    surgery_layers=6,
+    projector=dict(type="gated_conv", num_units=4, kernel_size=3),
+    loss=dict(tag_mode="softmax", itc_weight=1.0, tag_weight=1.0),
+)
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=None,
+    collate_fn=dict(type="collate_tag_batch"),
+    dataset=dict(type="TagAlignTrainData", shards=f"{data_root}/shards", labels=f"{data_root}/tags/labels.sqlite",
+                 clip="tagalign-tiny", image_size=224, deit_aug=False, shuffle_buffer=500),
+)
+optim_wrapper = dict(  # fp32 on CPU; otherwise the reference settings
+    _delete_=True,
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.05),
+    clip_grad=dict(max_norm=5.0),
+    constructor="TagAlignOptimWrapperConstructor",
+)
+auto_scale_lr = dict(enable=False)
+train_cfg = dict(max_iters=300)
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=150, max_keep_ckpts=2))
+visualizer = dict(vis_backends=[dict(type="LocalVisBackend")])

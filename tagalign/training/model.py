@@ -1,0 +1,75 @@
+"""The mmengine model: TagAlign + its tag vocabulary; its state dict is the trainable state only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+
+from ..models.clip import clip_identity, load_clip
+from ..models.tagalign import TagAlign
+from ..tags.embed import load_tag_embeddings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TagAlignTrainModel"]
+
+
+@MODELS.register_module(force=True)
+class TagAlignTrainModel(BaseModel):
+    """Args:
+        clip, pretrained: the frozen CLIP (see :func:`tagalign.models.clip.load_clip`).
+        tag_embeddings: ``tag_embeddings.pt`` from ``tools/parse_tags.py embed`` (must come from the same CLIP).
+        tag_frequency: ``tag_frequency.npy`` (needed by the ``balanced`` and ``weighted`` tag losses).
+        surgery_layers, projector, loss: see :class:`tagalign.models.TagAlign`.
+    """
+
+    def __init__(self, clip: str, pretrained: str | None, tag_embeddings: str, tag_frequency: str | None = None,
+                 surgery_layers: int = 6, projector: dict | None = None, loss: dict | None = None,
+                 data_preprocessor: dict | None = None):
+        super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"))
+        clip_model = load_clip(clip, pretrained)
+        payload = load_tag_embeddings(tag_embeddings)
+        identity = clip_identity(clip_model)
+        if payload["clip"]["weights_hash"] != identity.weights_hash:
+            raise ValueError(
+                f"{tag_embeddings} was encoded with CLIP {payload['clip']['model_name']} "
+                f"({payload['clip']['pretrained']}, hash {payload['clip']['weights_hash']}) but training uses "
+                f"{identity.model_name} ({identity.pretrained}, hash {identity.weights_hash}); rerun "
+                f"tools/parse_tags.py embed with the training CLIP"
+            )
+        loss = dict(loss or {})
+        if tag_frequency is not None:
+            loss["tag_frequency"] = torch.from_numpy(np.load(tag_frequency)).float()
+            if len(loss["tag_frequency"]) != len(payload["embeddings"]):
+                raise ValueError(f"{tag_frequency} has {len(loss['tag_frequency'])} tags, "
+                                 f"{tag_embeddings} has {len(payload['embeddings'])}")
+        self.tagalign = TagAlign(clip_model, payload["embeddings"], surgery_layers, projector, loss,
+                                 tag_names=payload["tags"])
+
+    def forward(self, images: torch.Tensor, text_tokens=None, tag_ids=None, mode: str = "loss", **unused):
+        if mode != "loss":
+            raise ValueError(f"TagAlignTrainModel supports mode='loss' only (got '{mode}'); evaluate with "
+                             f"tools/test.py")
+        return self.tagalign.loss(images, text_tokens, tag_ids)
+
+    def train(self, mode: bool = True) -> TagAlignTrainModel:
+        super().train(mode)
+        self.tagalign.train(mode)
+        return self
+
+    # checkpoints hold the trainable state only; CLIP weights are reloaded from their source
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        from collections import OrderedDict
+
+        state = OrderedDict((f"{prefix}tagalign.{k}", v) for k, v in self.tagalign.trainable_state_dict().items())
+        state._metadata = OrderedDict()  # mmengine's weights_to_cpu copies it
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        inner = {k.removeprefix("tagalign."): v for k, v in state_dict.items()}
+        self.tagalign.load_trainable_state_dict(inner)
+        return torch.nn.modules.module._IncompatibleKeys([], [])
