@@ -21,9 +21,12 @@ _LAZY = {
     "save_checkpoint": "tagalign.models",
     "load": "tagalign.api",
     "api": "tagalign.api",
+    "segment": "tagalign.inference",
+    "tag": "tagalign.inference",
 }
 
-__all__ = ["TagAlign", "__version__", "api", "encode_texts", "load", "load_checkpoint", "load_clip", "save_checkpoint"]
+__all__ = ["TagAlign", "__version__", "api", "encode_texts", "load", "load_checkpoint", "load_clip", "save_checkpoint",
+           "segment", "tag"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.synthetic import render_scene, write_img2dataset_shards, write_voc_split
+from .data.synthetic import (
+    render_referring_scene,
+    render_scene,
+    write_img2dataset_shards,
+    write_refer_dataset,
+    write_voc_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
     embed_vocab(root / "tags", clip="tagalign-tiny", pretrained=str(clip_file))
     eval_scenes = [render_scene(rng) for _ in range(num_eval)]
     write_voc_split(root / "shapes_voc", eval_scenes)
+    # referring split: two shapes of one kind in different colours ("red square" beside "blue square")
+    write_refer_dataset(root / "refer", "shapes-ref", [render_referring_scene(rng) for _ in range(num_eval // 2)])
     logger.info("shapes world: %d training images in %s, %d evaluation images", len(keys), root / "shards",
                 num_eval)
     return {"clip": str(clip_file), "train_samples": len(keys), "eval_images": num_eval}
@@ -82,10 +90,25 @@ def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_roo
     checkpoint = Path(runner.work_dir) / "tagalign_latest.pth"
     after = evaluate("shapes", checkpoint=str(checkpoint), work_dir=work_dir.parent / "eval_trained", **eval_kwargs)
     overlay_path = _write_overlay(checkpoint, world["clip"], data_root / "shapes_voc", work_dir.parent)
+    referring = _referring(checkpoint, world["clip"], data_root / "refer")
     summary = {"miou_untrained": before["mIoU"], "miou_trained": after["mIoU"], "checkpoint": str(checkpoint),
-               "overlay": str(overlay_path), "iterations": cfg.train_cfg.max_iters}
+               "overlay": str(overlay_path), "iterations": cfg.train_cfg.max_iters, "referring": referring}
     (work_dir.parent / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _referring(checkpoint: Path, clip_file: str, refer_root: Path) -> dict:
+    """mIoU / oIoU on the shapes referring split, untrained vs trained projector (same code as tools/test.py)."""
+    from .api import load
+    from .segmentation.referring import evaluate_referring
+
+    scores = {}
+    for name, ckpt in (("untrained", None), ("trained", checkpoint)):
+        model = load(ckpt, clip="tagalign-tiny", pretrained=clip_file)
+        result = evaluate_referring(model, refer_root, "shapes-ref", "val", inference=dict(crop=224, stride=112),
+                                    short_side=224, progress=False)
+        scores[name] = {k: result[k] for k in ("mIoU", "oIoU", "precision@0.5", "num_expressions")}
+    return scores
 
 
 def _retarget(cfg, old: Path, new: Path) -> None:

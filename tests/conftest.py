@@ -9,9 +9,11 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access here: fail fast instead of retrying
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if (SHARED / "nltk_data").is_dir():
-    os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
+# NLTK's tagger and WordNet for offline tests: $NLTK_DATA, else the project's shared/nltk_data beside the checkout
+for _parent in Path(__file__).resolve().parents[1:4]:
+    if (_parent / "shared" / "nltk_data").is_dir():
+        os.environ.setdefault("NLTK_DATA", str(_parent / "shared" / "nltk_data"))
+        break
 
 import tagalign  # noqa: E402,F401  (installs the mmcv._ext stub before any mmseg import)
 from tagalign.models import load_clip  # noqa: E402

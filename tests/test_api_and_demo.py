@@ -1,4 +1,4 @@
-"""tagalign.load() and the dense-heatmap demo CLI on the tiny model."""
+"""tagalign.load / segment / tag and tools/demo.py on the tiny model."""
 
 from __future__ import annotations
 
@@ -6,37 +6,129 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import tagalign
-from tagalign.models import TagAlign, load_clip, save_checkpoint
+from tagalign.data.synthetic import render_scene
+from tagalign.models import TagAlign, encode_texts, load_clip, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_load_takes_clip_identity_from_checkpoint(tmp_path):
-    torch.manual_seed(0)  # the tiny model's random init is reproduced by the seed, which stands for "same weights"
-    trained = TagAlign(load_clip("tagalign-tiny"), surgery_layers=4)
-    with torch.no_grad():
-        for unit in trained.projector.units:
-            unit.gate.fill_(0.25)
-    save_checkpoint(trained, tmp_path / "ckpt.pth")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model with a non-identity projector, saved as a checkpoint; its CLIP weights saved to a file."""
+    root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    model = tagalign.load(tmp_path / "ckpt.pth")
-    assert model.surgery_layers == 4 and not model.training
+    clip = load_clip("tagalign-tiny")
+    torch.save(clip.state_dict(), root / "clip.pt")
+    model = TagAlign(load_clip("tagalign-tiny", str(root / "clip.pt")), surgery_layers=6)
+    with torch.no_grad():
+        for unit in model.projector.units:
+            unit.gate.fill_(0.25)
+    save_checkpoint(model, root / "ckpt.pth")
+    image = render_scene(np.random.default_rng(1), size=(180, 260)).image
+    Image.fromarray(image).save(root / "scene.jpg", quality=95)
+    return root, model.eval()
+
+
+def test_load_takes_clip_identity_from_checkpoint(trained):
+    root, model = trained
+    loaded = tagalign.load(root / "ckpt.pth")
+    assert loaded.surgery_layers == 6 and not loaded.training
     images = torch.randn(1, 3, 224, 224)
-    assert torch.equal(model.dense_features(images), trained.dense_features(images))
+    assert torch.equal(loaded.dense_features(images), model.dense_features(images))
 
 
-def test_demo_writes_heatmaps_and_overlay(tmp_path):
-    out = tmp_path / "demo"
+def test_segment_equals_the_tools_test_segmentor(trained, tmp_path):
+    """The same image and texts through TagAlignSegmentor + mmseg's test pipeline (what tools/test.py runs)."""
+    from mmengine.dataset import Compose
+    from mmengine.registry import init_default_scope
+
+    from tagalign.segmentation import segmentor  # noqa: F401  (registers)
+    from tagalign.segmentation.evaluate import IMAGENET_MEAN_255, IMAGENET_STD_255
+    from tagalign.segmentation.segmentor import TagAlignSegmentor
+
+    init_default_scope("mmseg")
+    root, _ = trained
+    names = ["background", "red square", "blue circle", "green triangle"]
+    seg = TagAlignSegmentor(names, checkpoint=str(root / "ckpt.pth"), data_preprocessor=dict(
+        type="SegDataPreProcessor", mean=IMAGENET_MEAN_255, std=IMAGENET_STD_255, bgr_to_rgb=True)).eval()
+    pipeline = Compose([dict(type="LoadImageFromFile"), dict(type="Resize", scale=(2048, 448), keep_ratio=True),
+                        dict(type="PackSegInputs")])
+    data = seg.data_preprocessor({k: [v] for k, v in pipeline({"img_path": str(root / "scene.jpg")}).items()})
+    with torch.no_grad():
+        sample = seg.predict(data["inputs"], data["data_samples"])[0]
+    expected_labels = sample.pred_sem_seg.data[0].numpy()
+    expected_probs = sample.seg_logits.data[1:].numpy()
+
+    result = tagalign.segment(tagalign.load(root / "ckpt.pth"), root / "scene.jpg", names[1:])
+    assert result.labels.shape == (180, 260)
+    assert np.abs(result.probabilities - expected_probs).max() < 1e-5
+    assert (result.labels == expected_labels).mean() > 0.999
+    assert result.names == names and abs(sum(result.areas.values()) - (result.labels > 0).mean()) < 1e-9
+
+
+def test_synonyms_take_the_max_and_texts_parse(trained):
+    root, model = trained
+    single = tagalign.segment(model, root / "scene.jpg", ["red square", "blue circle"], background=False)
+    merged = tagalign.segment(model, root / "scene.jpg", ["red square, blue circle"], background=False)
+    assert np.allclose(merged.probabilities[0], single.probabilities.max(0), atol=1e-6)
+    assert tagalign.inference.parse_texts("cat, sofa") == [["cat"], ["sofa"]]
+    assert tagalign.inference.parse_texts(["tv, television", "cat"]) == [["tv", "television"], ["cat"]]
+    with pytest.raises(ValueError, match="at least one text"):
+        tagalign.segment(model, root / "scene.jpg", [" , "])
+    with pytest.raises(ValueError, match="cannot read image"):
+        tagalign.segment(model, root / "missing.jpg", ["cat"])
+
+
+def test_tag_ranks_equal_a_direct_cosine_computation(trained):
+    root, model = trained
+    words = ["red", "green", "blue", "yellow", "square", "circle", "triangle", "sky", "grass"]
+    tags = tagalign.tag(model, root / "scene.jpg", top_k=5, vocab=words)
+    image = np.asarray(Image.open(root / "scene.jpg").convert("RGB")).astype(np.float32)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    pixels = torch.from_numpy(((image - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+    pixels = F.interpolate(pixels, size=(224, 224), mode="bilinear", align_corners=False)
+    feature = model.dense_features(pixels).mean(dim=(2, 3))[0]
+    embeddings = encode_texts(model.clip, words, ["a photo of a {}."])
+    cosine = F.cosine_similarity(embeddings, feature[None], dim=-1)
+    order = cosine.argsort(descending=True)[:5].tolist()
+    assert [t for t, _ in tags] == [words[i] for i in order]
+    assert np.allclose([s for _, s in tags], cosine[order].tolist(), atol=1e-5)
+    with pytest.raises(ValueError, match="no tag vocabulary"):
+        tagalign.tag(model, root / "scene.jpg")
+
+
+def test_demo_writes_overlay_and_heatmaps_for_a_directory(trained, tmp_path):
+    root, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.open(root / "scene.jpg").save(images / "a.jpg")
+    Image.open(root / "scene.jpg").resize((130, 90)).save(images / "b.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "words.txt").write_text("red\nsquare\nsky\n")
+    out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools/demo.py"), "--clip", "tagalign-tiny", "--texts", "red square", "sky",
-         "--out", str(out)],
-        capture_output=True, text=True, check=True,
+        [sys.executable, str(ROOT / "tools/demo.py"), str(images), "--texts", "red square", "tv, monitor",
+         "--checkpoint", str(root / "ckpt.pth"), "--out", str(out), "--compare-clip", "--tags", "2",
+         "--vocab", str(tmp_path / "words.txt")],
+        capture_output=True, text=True,
     )
-    assert "red square: max prob" in result.stdout
-    heatmaps, over = Image.open(out / "heatmaps.png"), Image.open(out / "overlay.png")
-    assert over.size == (320, 224)  # the generated scene's size
-    assert heatmaps.size == (3 * 320, 224 + 16)  # image + 2 heatmaps, one labelled row
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping: cannot read image" in result.stdout and "tags: " in result.stdout
+    for name, (width, height) in {"a": (260, 180), "b": (130, 90)}.items():
+        assert Image.open(out / f"{name}_overlay.png").size == (width, height)
+        # image + 2 text columns; two labelled rows (TagAlign, untrained CLIP surgery)
+        assert Image.open(out / f"{name}_heatmaps.png").size == (3 * width, 2 * (height + 16))
+
+
+def test_demo_without_texts_is_an_error(trained):
+    root, _ = trained
+    result = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), str(root / "scene.jpg")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "at least one query" in result.stderr

@@ -23,3 +23,6 @@ def test_quickstart_learns_a_margin_the_untrained_projector_cannot_reach(tmp_pat
     assert "untrained projector" in result.stdout
     assert Image.open(summary["overlay"]).size == (448, 224)
     assert (tmp_path / "train/tagalign_latest.pth").exists()
+    referring = summary["referring"]  # the shapes-ref split through the referring evaluation (no threshold asserted)
+    assert referring["trained"]["num_expressions"] == referring["untrained"]["num_expressions"] == 80
+    print(json.dumps(summary, indent=2))

@@ -1,10 +1,13 @@
-"""Dense text-to-pixel heatmaps for one image (or a generated shapes scene when no image is given).
+"""Segment and tag your own images with free-text queries.
 
-    python tools/demo.py [IMAGE] --texts "red square" "blue circle" [--checkpoint CKPT]
-                         [--clip ViT-B-16 --pretrained openai] [--out work_dirs/demo]
+    python tools/demo.py IMAGE_OR_DIR --texts "cat" "brown cat" "tv, television, monitor" [--checkpoint CKPT]
+                         [--clip ViT-B-16 --pretrained openai] [--out work_dirs/demo] [--compare-clip]
+                         [--tags 20 --vocab data/tags/tag_embeddings.pt]
 
-Writes OUT/heatmaps.png (the image and one heatmap per text) and OUT/overlay.png (each pixel labelled with the
-most probable text, background where every probability is below --bg-thresh).
+Per image, writes OUT/<name>_overlay.png (label map over the image, colour legend) and OUT/<name>_heatmaps.png (one
+heatmap per text; with --compare-clip a second row shows the untrained CLIP-surgery baseline). A text with commas
+lists synonyms of one class. Without --checkpoint the projector is untrained (the CLIP-surgery baseline). Without an
+image, a generated shapes scene is used.
 """
 
 from __future__ import annotations
@@ -15,62 +18,97 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tqdm import tqdm  # noqa: E402
+
 import tagalign  # noqa: E402
 from tagalign.data.synthetic import render_scene  # noqa: E402
-from tagalign.data.transforms import load_image, resize_probs, resize_short_side, to_tensor  # noqa: E402
-from tagalign.models import encode_texts  # noqa: E402
+from tagalign.data.transforms import load_image  # noqa: E402
+from tagalign.models import TagAlign  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", nargs="?", help="image file; omitted: a generated shapes scene")
-    parser.add_argument("--texts", nargs="+", help="free-text queries (default: the generated scene's objects)")
-    parser.add_argument("--checkpoint", help="trained projector checkpoint; omitted: the CLIP-surgery baseline")
-    parser.add_argument("--clip", help="open_clip model name or config JSON (default: ViT-B-16 or the checkpoint's)")
-    parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: openai)")
-    parser.add_argument("--size", type=int, default=448, help="short side the image is resized to")
-    parser.add_argument("--bg-thresh", type=float, default=0.4)
-    parser.add_argument("--clip-w", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated scene")
+    parser.add_argument("image", nargs="?", help="an image file or a directory of images")
+    parser.add_argument("--texts", nargs="+", help="queries; 'a, b' = synonyms of one class")
+    parser.add_argument("--checkpoint", help="trained projector checkpoint (tagalign_latest.pth)")
+    parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")
+    parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's/openai)")
     parser.add_argument("--out", default="work_dirs/demo")
+    parser.add_argument("--no-background", action="store_true", help="label every pixel with a text")
+    parser.add_argument("--bg-thresh", type=float, default=0.4)
+    parser.add_argument("--whole", action="store_true", help="one forward on the whole image instead of sliding")
+    parser.add_argument("--short-side", type=int, default=448, help="resize the short side to this (reference 448)")
+    parser.add_argument("--compare-clip", action="store_true", help="also show the untrained CLIP-surgery heatmaps")
+    parser.add_argument("--tags", type=int, default=0, help="print this many top tags per image (needs --vocab)")
+    parser.add_argument("--vocab", help="tag_embeddings.pt from tools/parse_tags.py, or a text file of words")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated scene (no image given)")
     return parser.parse_args()
+
+
+def _images(args) -> list[tuple[str, np.ndarray | Path]]:
+    if not args.image:
+        scene = render_scene(np.random.default_rng(args.seed), size=(224, 320))
+        if not args.texts:
+            args.texts = sorted({f"{colour} {shape}" for colour, shape in scene.objects})
+        return [("shapes", scene.image)]
+    path = Path(args.image)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in IMAGE_SUFFIXES)
+        if not files:
+            raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        return [(p.stem, p) for p in files]
+    if not path.is_file():
+        raise SystemExit(f"image '{path}' does not exist")
+    return [(path.stem, path)]
+
+
+def _vocab(value: str | None):
+    if value is None or value.endswith(".pt"):
+        return value
+    return [line.strip() for line in Path(value).read_text().splitlines() if line.strip()]
 
 
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("tagalign").setLevel(logging.INFO)
-    if args.image:
-        image, texts = load_image(args.image), args.texts
-    else:
-        scene = render_scene(np.random.default_rng(args.seed), size=(224, 320))
-        image = scene.image
-        texts = args.texts or sorted({f"{c} {s}" for c, s in scene.objects})
-        print(f"generated scene: '{scene.caption}'")
-    if not texts:
-        raise SystemExit("give at least one text with --texts")
-
-    model = tagalign.api.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
-    text_emb = encode_texts(model.clip, texts)
-    resized = resize_short_side(image, args.size)
-    with torch.no_grad():
-        probs = model.masks(to_tensor(resized), text_emb, clip_w=args.clip_w)
-        probs = resize_probs(probs, image.shape[:2])[0]
-    background = torch.full_like(probs[:1], args.bg_thresh)
-    labels = torch.cat([background, probs]).argmax(0).numpy()
-
+    images = _images(args)
+    if not args.texts:
+        raise SystemExit("give at least one query with --texts")
+    if args.tags and not args.vocab:
+        raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words)")
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
+    baseline = TagAlign(model.clip, surgery_layers=model.surgery_layers).eval() if args.compare_clip else None
+    vocab = _vocab(args.vocab)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    heatmap_grid(image, probs.numpy(), texts).save(out / "heatmaps.png")
-    overlay(image, labels, ["background", *texts]).save(out / "overlay.png")
-    for index, text in enumerate(texts, start=1):
-        print(f"{text:>24s}: max prob {probs[index - 1].max():.3f}, area {100 * (labels == index).mean():.1f}%")
-    print(f"wrote {out / 'heatmaps.png'} and {out / 'overlay.png'}")
+    options = dict(background=not args.no_background, slide=not args.whole, bg_thresh=args.bg_thresh,
+                   short_side=args.short_side)
+    for name, source in tqdm(images, desc="images", disable=len(images) == 1):
+        try:
+            array = load_image(source)
+        except ValueError as err:
+            print(f"skipping: {err}")
+            continue
+        result = tagalign.segment(model, array, args.texts, **options)
+        rows, maps = ["TagAlign"], [result.probabilities]
+        if baseline is not None:
+            rows.append("CLIP surgery (untrained)")
+            maps.append(tagalign.segment(baseline, array, args.texts, **options).probabilities)
+        overlay(array, result.labels, result.names).save(out / f"{name}_overlay.png")
+        heatmap_grid(array, np.stack(maps), result.classes, rows=rows).save(out / f"{name}_heatmaps.png")
+        areas = ", ".join(f"{text} {100 * area:.1f}%" for text, area in result.areas.items())
+        print(f"{name}: {areas}")
+        if args.tags:
+            tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab)
+            print("  tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
+    print(f"wrote overlays and heatmaps to {out}")
 
 
 if __name__ == "__main__":

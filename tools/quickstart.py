@@ -32,6 +32,9 @@ def main() -> None:
     summary = run_quickstart(args.config, args.work_dir, args.iters)
     print(f"\nzero-shot mIoU on the shapes split: untrained projector {summary['miou_untrained']:.2f} -> "
           f"trained {summary['miou_trained']:.2f} after {summary['iterations']} iterations")
+    ref = summary["referring"]
+    print(f"referring expressions (shapes-ref): mIoU {ref['untrained']['mIoU']:.2f} -> {ref['trained']['mIoU']:.2f}, "
+          f"oIoU {ref['untrained']['oIoU']:.2f} -> {ref['trained']['oIoU']:.2f}")
     print(f"checkpoint: {summary['checkpoint']}\noverlay: {summary['overlay']}")
 
 

@@ -3,9 +3,10 @@
     python tools/test.py --dataset voc [--checkpoint CKPT] [--data-root data] [--out results.json]
     python tools/test.py --dataset all --checkpoint CKPT
     torchrun --nproc_per_node=8 tools/test.py --dataset ade20k --checkpoint CKPT --launcher pytorch
+    python tools/test.py --dataset refcoco --split testA --data-root data/refer --checkpoint CKPT   # referring
 
 Without --checkpoint the untrained projector is evaluated: the training-free CLIP-surgery baseline.
-Dataset layouts and preparation: docs/datasets.md.
+Dataset layouts and preparation: docs/datasets.md (semantic), docs/referring.md (RefCOCO/+/g).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from mmengine.config import DictAction  # noqa: E402
 
 from tagalign.segmentation.benchmarks import BENCHMARKS, EXTRA_BENCHMARKS  # noqa: E402
 from tagalign.segmentation.evaluate import evaluate, format_table, write_json  # noqa: E402
+from tagalign.segmentation.referring import REFERRING  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, "all"])
+    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, *REFERRING, "all"])
+    parser.add_argument("--split", help="referring datasets: val, testA, testB (refcoco, refcoco+) or val, test "
+                                        "(refcocog, umd); default val")
+    parser.add_argument("--binarize", choices=["threshold", "minmax"], default="threshold",
+                        help="referring: probability > --bg-thresh, or min-max normalised >= 0.5")
+    parser.add_argument("--templates", nargs="+", default=["{}"],
+                        help="referring: prompt templates for the expressions (default: the raw expression)")
     parser.add_argument("--data-root", help="folder holding every dataset (default $TAGALIGN_DATA or ./data)")
     parser.add_argument("--checkpoint", help="trained projector checkpoint")
     parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")
@@ -43,8 +51,29 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def run_referring(args) -> None:
+    import os
+
+    import tagalign
+    from tagalign.segmentation.referring import evaluate_referring, format_referring_table
+
+    root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
+    inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
+                     bg_thresh=args.bg_thresh, clip_w=args.clip_w, pamr=args.pamr)
+    result = evaluate_referring(model, root, args.dataset, args.split or "val", args.binarize, args.templates,
+                                inference)
+    print(format_referring_table([result]))
+    if args.out:
+        write_json(result, args.out)
+        print(f"wrote {args.out}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.dataset in REFERRING:
+        run_referring(args)
+        return
     keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
     inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
                      bg_thresh=args.bg_thresh, clip_w=args.clip_w, pamr=args.pamr)

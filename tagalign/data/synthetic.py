@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,24 +53,38 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), m
                  radius: tuple[float, float] = (0.15, 0.28)) -> Scene:
     """One scene with 1..max_objects non-overlapping coloured shapes on a noisy, striped background; shape radii
     are drawn from ``radius`` (fractions of the short side)."""
+    image = _background(rng, size)
+    count = int(rng.integers(1, max_objects + 1))
+    return _draw(rng, image, count, radius, lambda: SHAPES[int(rng.integers(len(SHAPES)))],
+                 lambda: list(COLOURS)[int(rng.integers(len(COLOURS)))])
+
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     base = rng.integers(90, 160, size=3)
     stripes = (np.sin(np.arange(width) / rng.uniform(3, 9))[None, :, None] * 12).astype(np.int16)
     noise = rng.normal(0, 10, size=(height, width, 3)).astype(np.int16)
-    image = np.clip(base[None, None, :] + stripes + noise, 0, 255).astype(np.uint8)
+    return np.clip(base[None, None, :] + stripes + noise, 0, 255).astype(np.uint8)
+
+
+def _draw(rng: np.random.Generator, image: np.ndarray, count: int, radius: tuple[float, float],
+          pick_shape: Callable[[], str], pick_colour: Callable[[], str]) -> Scene:
+    """Place ``count`` shapes without overlap (one that finds no room in 20 tries is left out); the shape is picked
+    per placement attempt, the colour once placed. ``image`` (the background) is painted in place."""
+    height, width = size = image.shape[:2]
     mask = np.zeros((height, width), dtype=np.int64)
     objects: list[tuple[str, str]] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(count):
         for _attempt in range(20):
             r = int(rng.uniform(*radius) * min(size))
             cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            shape = pick_shape()
             region = _shape_mask(shape, height, width, cy, cx, r)
             if not (mask[region] > 0).any():
                 break
         else:
             continue
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        colour = pick_colour()
         objects.append((colour, shape))
         mask[region] = len(objects)
         shade = np.array(COLOURS[colour]) + rng.normal(0, 6, size=(int(region.sum()), 3))
@@ -144,3 +158,80 @@ def write_voc_split(root: Path, scenes: Sequence[Scene], classes: Sequence[str] 
         ids.append(image_id)
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
     return ids
+
+
+def render_referring_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224)) -> Scene:
+    """Two shapes of the same kind in different colours ("red square" beside "blue square"): only the attribute
+    tells which one an expression refers to."""
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    while True:
+        colours = iter(np.array(list(COLOURS))[rng.choice(len(COLOURS), size=2, replace=False)].tolist())
+        scene = _draw(rng, _background(rng, size), 2, (0.15, 0.25), lambda: shape, colours.__next__)
+        if len(scene.objects) == 2:
+            return scene
+
+
+def _uncompressed_rle(binary: np.ndarray) -> dict:
+    """COCO's uncompressed RLE: column-major run lengths, starting with a (possibly empty) run of zeros."""
+    flat = binary.flatten(order="F").astype(np.int8)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        runs = [0, *runs]
+    return {"size": list(binary.shape), "counts": [int(r) for r in runs]}
+
+
+def write_refer_dataset(root: Path, dataset: str, scenes: Sequence[Scene], split: str | Sequence[str] = "val",
+                        split_by: str = "unc") -> int:
+    """Scenes in the refer layout: ``root/dataset/refs(split_by).p``, ``root/dataset/instances.json`` (COCO
+    annotations; squares as polygons, circles as compressed RLE, triangles as uncompressed RLE) and
+    ``root/images/mscoco/images/train2014/COCO_train2014_<id>.jpg``. One ref per object, two sentences each
+    ("red square", "the red square"). ``split`` is one split for all scenes or one per scene. Returns the number
+    of sentences."""
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    root = Path(root)
+    image_dir = root / "images/mscoco/images/train2014"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    (root / dataset).mkdir(parents=True, exist_ok=True)
+    images, annotations, refs = [], [], []
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
+    sentences = 0
+    for image_index, scene in enumerate(scenes):
+        image_id = 100000 + image_index
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        Image.fromarray(scene.image).save(image_dir / file_name, quality=95)
+        height, width = scene.mask.shape
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for k, (colour, shape) in enumerate(scene.objects, start=1):
+            binary = np.asfortranarray((scene.mask == k).astype(np.uint8))
+            ann_id = image_id * 10 + k
+            if shape == "square":
+                ys, xs = np.nonzero(binary)
+                x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+                segmentation = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+            elif shape == "circle":
+                rle = mask_utils.encode(binary)
+                segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            else:
+                segmentation = _uncompressed_rle(binary)
+            ys, xs = np.nonzero(binary)
+            annotations.append({"id": ann_id, "image_id": image_id, "category_id": SHAPES.index(shape) + 1,
+                                "segmentation": segmentation, "area": float(binary.sum()), "iscrowd": 0,
+                                "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1),
+                                         float(np.ptp(ys) + 1)]})
+            texts = [f"{colour} {shape}", f"the {colour} {shape}"]
+            sent_ids = [ann_id * 10 + j for j in range(len(texts))]
+            scene_split = split if isinstance(split, str) else split[image_index]
+            refs.append({"ref_id": ann_id, "ann_id": ann_id, "image_id": image_id, "split": scene_split,
+                         "category_id": SHAPES.index(shape) + 1, "file_name": file_name, "sent_ids": sent_ids,
+                         "sentences": [{"sent_id": s, "raw": t, "sent": t, "tokens": t.split()}
+                                       for s, t in zip(sent_ids, texts)]})
+            sentences += len(texts)
+    (root / dataset / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": categories}))
+    with open(root / dataset / f"refs({split_by}).p", "wb") as handle:
+        pickle.dump(refs, handle)
+    return sentences

@@ -28,18 +28,21 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
 
 
 def resize_short_side(image: np.ndarray, short: int = 448, long_max: int = 2048) -> np.ndarray:
-    """Scale so the short side is ``short`` unless the long side would exceed ``long_max`` (mmseg keep_ratio)."""
+    """Scale so the short side is ``short`` unless the long side would exceed ``long_max``: mmseg's
+    ``Resize(scale=(long_max, short), keep_ratio=True)`` exactly (same rounding, cv2 bilinear via mmcv)."""
+    import mmcv
+
     height, width = image.shape[:2]
     factor = min(long_max / max(height, width), short / min(height, width))
     size = (int(width * factor + 0.5), int(height * factor + 0.5))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return mmcv.imresize(image, size, interpolation="bilinear")
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``[1, 3, H, W]`` float tensor, ImageNet-normalised."""
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    """``[1, 3, H, W]`` float tensor, ImageNet-normalised as mmseg's SegDataPreProcessor does it."""
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
+    mean = torch.tensor([255 * m for m in IMAGENET_MEAN]).view(3, 1, 1)
+    std = torch.tensor([255 * s for s in IMAGENET_STD]).view(3, 1, 1)
     return ((tensor - mean) / std).unsqueeze(0)
 
 

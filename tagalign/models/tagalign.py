@@ -121,6 +121,7 @@ class TagAlign(nn.Module):
                 raise ValueError(f"{len(tag_names)} tag names for {len(tag_embeddings)} tag embeddings")
         self.register_buffer("tag_embeddings", tag_embeddings, persistent=False)
         self.tag_vocab_hash = _vocab_hash(tag_names, tag_embeddings)
+        self.tag_names = list(tag_names) if tag_names is not None else None
         self.config = _plain({
             "surgery_layers": surgery_layers,
             "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),

@@ -1,0 +1,109 @@
+"""Segment and tag your own images: ``tagalign.segment`` and ``tagalign.tag``.
+
+``segment`` follows exactly the evaluation path of ``tools/test.py`` (short side 448, slide 448/224, CLIP mixing,
+constant background channel, bilinear resize to the original size, argmax).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.transforms import load_image, resize_probs, resize_short_side, to_tensor
+from .models.clip import DEFAULT_TEMPLATES, encode_texts
+from .segmentation.inference import InferenceConfig, predict_probabilities
+
+__all__ = ["SegmentationResult", "parse_texts", "segment", "tag"]
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # [H, W] int: 0 = background (when background=True), else 1 + class index
+    probabilities: np.ndarray  # [N, H, W] per-class probability (max over a class's synonyms)
+    classes: list[str]  # the class names (first synonym of each class)
+    areas: dict[str, float]  # fraction of the image labelled with each class
+    background: bool
+
+    @property
+    def names(self) -> list[str]:
+        """Label names in label-map order (``"background"`` first when used)."""
+        return (["background"] if self.background else []) + self.classes
+
+
+def parse_texts(texts: str | Sequence[str]) -> list[list[str]]:
+    """Classes with their synonyms: a string is comma-separated classes; a list item "tv, television, monitor" is
+    one class with three synonyms."""
+    if isinstance(texts, str):
+        classes = [[t.strip()] for t in texts.split(",")]
+    else:
+        classes = [[s.strip() for s in str(item).split(",")] for item in texts]
+    classes = [[s for s in synonyms if s] for synonyms in classes]
+    classes = [synonyms for synonyms in classes if synonyms]
+    if not classes:
+        raise ValueError("give at least one text to segment")
+    return classes
+
+
+@torch.no_grad()
+def segment(model, image, texts: str | Sequence[str], background: bool = True, slide: bool = True,
+            bg_thresh: float = 0.4, clip_w: float = 0.3, short_side: int = 448,
+            templates: Sequence[str] = DEFAULT_TEMPLATES, inference: dict | None = None) -> SegmentationResult:
+    """Zero-shot segmentation of ``image`` (path, PIL image or array) into ``texts`` (see :func:`parse_texts`)."""
+    classes = parse_texts(texts)
+    array = load_image(image)
+    flat = [s for synonyms in classes for s in synonyms]
+    device = next(model.parameters()).device
+    text_emb = encode_texts(model.clip, flat, templates).to(device)
+    config = InferenceConfig(**{"mode": "slide" if slide else "whole", "bg_thresh": bg_thresh, "clip_w": clip_w,
+                                **(inference or {})})
+    probs = predict_probabilities(model, to_tensor(resize_short_side(array, short_side)).to(device), text_emb,
+                                  False, config)
+    probs = resize_probs(probs, array.shape[:2])[0]
+    per_class, start = [], 0
+    for synonyms in classes:  # a class scores the max over its synonyms
+        per_class.append(probs[start : start + len(synonyms)].max(0).values)
+        start += len(synonyms)
+    class_probs = torch.stack(per_class)
+    if background:
+        labels = torch.cat([torch.full_like(class_probs[:1], bg_thresh), class_probs]).argmax(0)
+    else:
+        labels = class_probs.argmax(0)
+    labels = labels.cpu().numpy()
+    names = [synonyms[0] for synonyms in classes]
+    offset = 1 if background else 0
+    areas = {name: float((labels == i + offset).mean()) for i, name in enumerate(names)}
+    return SegmentationResult(labels, class_probs.cpu().numpy(), names, areas, background)
+
+
+def _vocabulary(model, vocab) -> tuple[list[str], torch.Tensor]:
+    if vocab is None:
+        if model.tag_embeddings is None or getattr(model, "tag_names", None) is None:
+            raise ValueError("this model has no tag vocabulary: pass vocab= (a tag_embeddings.pt file from "
+                             "tools/parse_tags.py embed, or a list of words)")
+        return list(model.tag_names), model.tag_embeddings
+    if isinstance(vocab, str | os.PathLike):
+        from .tags.embed import load_tag_embeddings
+
+        payload = load_tag_embeddings(vocab)
+        return list(payload["tags"]), payload["embeddings"]
+    words = [str(w) for w in vocab]
+    return words, encode_texts(model.clip, words, ("a photo of a {}.",))
+
+
+@torch.no_grad()
+def tag(model, image, top_k: int = 20, vocab=None, size: int = 224) -> list[tuple[str, float]]:
+    """Open-vocabulary image tagging: the ``top_k`` tags by cosine similarity between the image feature (mean of
+    the projected dense features at the training resolution) and the tag embeddings."""
+    names, embeddings = _vocabulary(model, vocab)
+    array = load_image(image)
+    device = next(model.parameters()).device
+    pixels = F.interpolate(to_tensor(array), size=(size, size), mode="bilinear", align_corners=False).to(device)
+    feature = F.normalize(model.dense_features(pixels).mean(dim=(2, 3)), dim=-1)[0]
+    scores = F.normalize(embeddings.to(device, feature.dtype), dim=-1) @ feature
+    top = scores.topk(min(top_k, len(names)))
+    return [(names[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
