@@ -8,13 +8,12 @@ Prints images/s for both, the time ratio (surgery / plain; target <= 1.3) and th
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import open_clip
 import torch
+from _machine import machine_line
 
 from tagalign.models import load_clip, surgery_tokens
 
@@ -28,13 +27,6 @@ def _time(fn, repeats: int) -> float:
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def main() -> None:
@@ -69,9 +61,7 @@ def main() -> None:
         t_plain = _time(lambda: (plain.encode_image(images), sync()), args.repeats)
         t_surgery = _time(lambda: (surgery_tokens(model.visual, images, 6), sync()), args.repeats)
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
-    print(f"machine: {device_name}, {os.cpu_count()} cores | torch {torch.__version__} "
-          f"| threads {torch.get_num_threads()}")
+    print(machine_line(args.device))
     print(f"model {args.model}, random weights, fp32, batch {args.batch}, {args.size}x{args.size}, "
           f"median of {args.repeats}")
     print(f"open_clip encode_image : {t_plain:.3f} s/batch  {args.batch / t_plain:.2f} images/s")

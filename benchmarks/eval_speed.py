@@ -7,11 +7,11 @@ forward), same model, same images, fp32; checks that both give identical predict
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
+from _machine import machine_line
 
 from tagalign.data.transforms import resize_short_side, to_tensor
 from tagalign.models import TagAlign, load_clip
@@ -32,13 +32,6 @@ def reference_loop(model, image, texts, with_bg, cfg: InferenceConfig) -> torch.
         count[:, :, y1:y2, x1:x2] += 1
     return total / count
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
 
 
 def main() -> None:
@@ -78,8 +71,7 @@ def main() -> None:
     same = all(torch.equal(a.argmax(1), b.argmax(1)) for a, b in zip(ours, ref))
     max_diff = max((a - b).abs().max().item() for a, b in zip(ours, ref))
     windows = sum(len(window_grid(*im.shape[-2:], cfg.crop, cfg.stride)) for im in images)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
-    print(f"machine: {device}, {os.cpu_count()} cores | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(machine_line(args.device))
     print(f"{args.model}, random weights, fp32, {len(images)} VOC-like images ({windows} windows of 448), "
           f"{args.classes} classes")
     print(f"reference loop (1 crop/forward): {t_ref:.2f} s  {len(images) / t_ref:.3f} images/s")

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _machine import cpu_name
+
 WORDS = ["red", "green", "small", "wooden", "cat", "dog", "sofa", "car", "tree", "table", "striped", "shirt", "bird",
          "sitting", "on", "a", "the", "with", "blue", "old", "house", "street", "man", "woman", "beach", "sky"]
 
@@ -108,20 +110,13 @@ def write_parsed_corpus(out: Path, count: int, chunk: int = 100_000) -> None:
                 handle.write(json.dumps(row) + "\n")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captions", type=int, default=20_000)
     parser.add_argument("--corpus", type=int, default=1_000_000)
     args = parser.parse_args()
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores | python {sys.version.split()[0]}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores | python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_captions(tmp / "captions.jsonl", args.captions)

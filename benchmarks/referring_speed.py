@@ -7,23 +7,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
+from _machine import machine_line
 
 from tagalign.data.transforms import resize_short_side, to_tensor
 from tagalign.models import TagAlign, load_clip
 from tagalign.segmentation import InferenceConfig, predict_probabilities
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
 
 
 def main() -> None:
@@ -49,8 +41,7 @@ def main() -> None:
         t_single = time.perf_counter() - start
     same = max((a - b).abs().max().item() for a, b in zip(shared, single))
     n = args.images * args.expressions
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores | torch {torch.__version__} "
-          f"| threads {torch.get_num_threads()}")
+    print(machine_line())
     print(f"{args.model}, random weights, fp32, {args.images} images 640x427 -> 448 short side, "
           f"{args.expressions} expressions each")
     print(f"shared image pass (ours): {n / t_shared:.3f} expressions/s ({t_shared:.1f} s)")

@@ -7,10 +7,10 @@ autograd enabled (CLIP parameters requiring grad, as the reference's lazily buil
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
+from _machine import machine_line
 
 from tagalign.models import TagAlign, get_tokenizer, load_clip
 from tagalign.models.dense import surgery_tokens
@@ -22,13 +22,6 @@ class NaiveTagAlign(TagAlign):
     def encode_dense(self, images):
         return surgery_tokens(self.clip.visual, images, self.surgery_layers)
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu"
 
 
 def main() -> None:
@@ -69,8 +62,7 @@ def main() -> None:
     naive_model = NaiveTagAlign(clip, tags)
     naive_model.clip.visual.requires_grad_(True)  # gradients flow into (but do not update) the encoder
     naive = measure(naive_model)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
-    print(f"machine: {device}, {os.cpu_count()} cores | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(machine_line(args.device))
     print(f"{args.model}, random weights, fp32, batch {args.batch} at 224x224, {args.tags} tags, {args.steps} steps")
     print(f"ours  (frozen encoder, no autograd): {ours:.2f} s/step  {args.batch / ours:.2f} samples/s")
     print(f"naive (autograd through encoder)   : {naive:.2f} s/step  {args.batch / naive:.2f} samples/s")
