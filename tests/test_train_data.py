@@ -123,6 +123,18 @@ def test_resume_continues_with_the_next_batch(world, workers, skip):
         assert torch.equal(expected["images"], got["images"])
 
 
+def test_shards_from_directory_glob_and_files(world):
+    from tagalign.data.shards import list_shards
+
+    root = world[0]
+    by_dir = list_shards(root / "shards")
+    assert len(by_dir) == 6 and by_dir == sorted(by_dir)
+    assert list_shards(str(root / "shards" / "0000[0-2].tar")) == by_dir[:3]
+    assert list_shards([str(by_dir[4]), str(by_dir[1]), str(by_dir[1])]) == [by_dir[1], by_dir[4]]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_shards(str(root / "nope.tar"))
+
+
 def test_label_store_round_trip(world):
     root, keys, _, labels = world
     store = LabelStore(root / "labels.sqlite")

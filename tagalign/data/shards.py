@@ -15,6 +15,7 @@ sample's label (the reference's bug B3). Counts travel with the next batch (``sk
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -47,8 +48,7 @@ def list_shards(paths: str | Sequence[str]) -> list[Path]:
         if path.is_dir():
             shards.extend(sorted(path.glob("*.tar")))
         elif any(ch in str(item) for ch in "*?["):
-            shards.extend(sorted(Path().glob(str(item))) if not path.is_absolute() else
-                          sorted(Path(path.anchor).glob(str(path.relative_to(path.anchor)))))
+            shards.extend(Path(match) for match in glob.glob(str(item)))
         elif path.is_file():
             shards.append(path)
         else:
