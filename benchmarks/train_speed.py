@@ -19,9 +19,10 @@ from tagalign.models.dense import surgery_tokens
 class NaiveTagAlign(TagAlign):
     """The same model with autograd through the frozen encoder."""
 
-    def encode_dense(self, images):
-        return surgery_tokens(self.clip.visual, images, self.surgery_layers)
-
+    def encode_patches(self, images):
+        tokens = surgery_tokens(self.clip.visual, images, self.surgery_layers)[:, 1:]
+        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tagalign.models import load_clip, surgery_tokens
+from tagalign.models import load_clip, surgery_patch_tokens, surgery_tokens
 
 
 def _layer_norm(x, ln):
@@ -93,6 +94,36 @@ def test_surgery_matches_reference_on_vit_b16_at_448():
         ref = _reference_tokens(model.visual, image, n_deep=6)
     assert ours.shape == (1, 785, 768)
     assert (ours - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("size", [(224, 224), (448, 320)])
+def test_patch_tokens_skip_the_cls_path_but_equal_the_full_encoder(tiny_clip, size):
+    torch.manual_seed(3)
+    image = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        patches = surgery_patch_tokens(tiny_clip.visual, image, depth=6)
+        ref = _reference_tokens(tiny_clip.visual, image, n_deep=6)
+    assert patches.shape == (2, (size[0] // 16) * (size[1] // 16), 64)
+    assert (patches - ref[:, 1:]).abs().max().item() <= 1e-5
+
+
+def test_trunk_blocks_of_another_kind_run_through_their_own_forward(tiny_clip):
+    """A trunk block that is not open_clip's plain block (here: extra k/v biases) must not take the SDPA shortcut."""
+    torch.manual_seed(4)
+    model = copy.deepcopy(tiny_clip)
+    block = model.visual.transformer.resblocks[0]
+    width = block.attn.embed_dim
+    attn = torch.nn.MultiheadAttention(width, block.attn.num_heads, add_bias_kv=True, batch_first=True)
+    biases = {"bias_k": torch.randn(1, 1, width), "bias_v": torch.randn(1, 1, width)}
+    attn.load_state_dict({**block.attn.state_dict(), **biases})
+    block.attn = attn.eval()
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        tokens = surgery_tokens(model.visual, image, depth=6)
+        plain = model.visual.transformer(model.visual._embeds(image))
+        unmodified = surgery_tokens(tiny_clip.visual, image, depth=6)
+    assert torch.allclose(tokens[:, 0], plain[:, 0], atol=1e-5)
+    assert not torch.allclose(tokens[:, 0], unmodified[:, 0], atol=1e-3)  # the extra biases do matter
 
 
 def test_surgery_differs_from_plain_clip_only_in_patch_tokens(tiny_clip):

@@ -70,3 +70,16 @@ def test_whole_mode_and_config_validation(trained_like):
     assert torch.allclose(whole, trained_like.masks(image, texts))
     with pytest.raises(ValueError, match="slide' or 'whole"):
         InferenceConfig(mode="tiles")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_under_autocast_on_cpu(trained_like, precision):
+    """bf16/fp16 autocast reaches the encoder (results differ from fp32) and stays close, returning fp32 maps."""
+    torch.manual_seed(2)
+    image = torch.randn(1, 3, 448, 600)
+    texts = torch.randn(3, 64)
+    exact = predict_probabilities(trained_like, image, texts, True, InferenceConfig())
+    reduced = predict_probabilities(trained_like, image, texts, True, InferenceConfig(precision=precision))
+    assert reduced.dtype == torch.float32 and reduced.shape == exact.shape
+    difference = (reduced - exact).abs().max().item()
+    assert 1e-6 < difference < 0.05

@@ -1,7 +1,7 @@
 """Model components: CLIP loading, the dense surgery encoder, the projector, the losses and TagAlign."""
 
 from .clip import DEFAULT_TEMPLATES, ClipIdentity, ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
-from .dense import interpolate_pos_embed, surgery_tokens
+from .dense import interpolate_pos_embed, surgery_patch_tokens, surgery_tokens
 from .losses import ImageTextContrastiveLoss, TagClassificationLoss
 from .projector import GatedConvProjector, build_projector
 from .tagalign import CheckpointMismatchError, TagAlign, load_checkpoint, multi_hot, read_checkpoint, save_checkpoint
@@ -24,5 +24,6 @@ __all__ = [
     "multi_hot",
     "read_checkpoint",
     "save_checkpoint",
+    "surgery_patch_tokens",
     "surgery_tokens",
 ]

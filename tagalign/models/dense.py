@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["interpolate_pos_embed", "surgery_tokens", "validate_surgery_depth"]
+__all__ = ["interpolate_pos_embed", "surgery_patch_tokens", "surgery_tokens", "validate_surgery_depth"]
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], source_grid: tuple[int, int]) -> torch.Tensor:
@@ -64,24 +64,77 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
-def surgery_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
-    """Surgery tokens ``[B, 1 + h*w, width]`` before ``ln_post``; any input size (``h = H // patch``)."""
+def _is_plain_block(block: nn.Module) -> bool:
+    """True for open_clip's standard pre-LN block (fused-qkv ``nn.MultiheadAttention``, no extra k/v biases)."""
+    attn = getattr(block, "attn", None)
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and all(hasattr(block, name) for name in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2"))
+    )
+
+
+def _heads(block: nn.Module, x: torch.Tensor, parts: slice) -> list[torch.Tensor]:
+    """The ``parts`` of ``[q, k, v]`` for ``ln_1(x)``, each ``[B, heads, N, head_dim]``; only those are projected."""
+    attn, width = block.attn, x.shape[-1]
+    rows = slice(parts.start * width, parts.stop * width)
+    bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
+    projected = F.linear(block.ln_1(x), attn.in_proj_weight[rows], bias)
+    return [_split_heads(t, attn.num_heads) for t in projected.chunk(parts.stop - parts.start, dim=-1)]
+
+
+def _attend(block: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention, merged heads, the block's ``out_proj`` and layer scale."""
+    return block.ls_1(block.attn.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v))))
+
+
+def _feed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _plain_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """One unmodified CLIP block on ``[B, N, C]``: SDPA where open_clip's own block would allow it, else the block.
+
+    Inference under ``no_grad`` would send ``nn.MultiheadAttention`` to its native kernel, which on CPU is a plain
+    matmul-softmax-matmul; SDPA picks a fused kernel. Same math.
+    """
+    if _is_plain_block(block):
+        x = x + _attend(block, *_heads(block, x, slice(0, 3)))
+        return _feed_forward(block, x)
+    return block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def _surgery(visual: nn.Module, images: torch.Tensor, depth: int, with_cls: bool) -> torch.Tensor:
     x, _ = _embed(visual, images)
     blocks = visual.transformer.resblocks
     batch_first = getattr(visual.transformer, "batch_first", True)
     trunk = len(blocks) - depth
     for block in blocks[:trunk]:
-        x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+        x = _plain_block(block, x, batch_first)
 
     x_ori = x_new = x
-    for block in blocks[trunk:]:
-        attn = block.attn
-        qkv = F.linear(block.ln_1(x_ori), attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = (_split_heads(t, attn.num_heads) for t in qkv.chunk(3, dim=-1))
+    for index, block in enumerate(blocks[trunk:], start=trunk):
+        if not with_cls and index == len(blocks) - 1:
+            # The original path's last block only feeds the CLS token: the patch tokens need just its v.
+            (v,) = _heads(block, x_ori, slice(2, 3))
+            return (x_new + _attend(block, v, v, v))[:, 1:]
+        q, k, v = _heads(block, x_ori, slice(0, 3))
         # Both paths share the one qkv projection; the new path uses v as query and key.
-        out_ori = attn.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
-        out_vv = attn.out_proj(_merge_heads(F.scaled_dot_product_attention(v, v, v)))
-        x_ori = x_ori + block.ls_1(out_ori)
-        x_ori = x_ori + block.ls_2(block.mlp(block.ln_2(x_ori)))
-        x_new = x_new + block.ls_1(out_vv)
+        out_vv = _attend(block, v, v, v)
+        x_ori = _feed_forward(block, x_ori + _attend(block, q, k, v))
+        x_new = x_new + out_vv
     return torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)
+
+
+def surgery_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
+    """Surgery tokens ``[B, 1 + h*w, width]`` before ``ln_post``; any input size (``h = H // patch``)."""
+    return _surgery(visual, images, depth, with_cls=True)
+
+
+def surgery_patch_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
+    """The patch tokens of :func:`surgery_tokens`, ``[B, h*w, width]``, without computing the CLS token.
+
+    Skips the original path's last attention and MLP, which only the CLS token reads (~7% of a ViT-B/16 forward).
+    """
+    return _surgery(visual, images, depth, with_cls=False)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import ClipIdentity, clip_identity
-from .dense import surgery_tokens, validate_surgery_depth
+from .dense import surgery_patch_tokens, surgery_tokens, validate_surgery_depth
 from .losses import ImageTextContrastiveLoss, TagClassificationLoss
 from .projector import build_projector
 
@@ -158,9 +158,12 @@ class TagAlign(nn.Module):
         """Frozen surgery tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient."""
         return surgery_tokens(self.clip.visual, images, self.surgery_layers)
 
-    def _patch_map(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen surgery patch tokens as a map ``[B, width, h, w]`` (before ln_post); the CLS is not computed."""
+        tokens = surgery_patch_tokens(self.clip.visual, images, self.surgery_layers)
         h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
     def _clip_projection(self, patches: torch.Tensor) -> torch.Tensor:
         visual = self.clip.visual
@@ -169,12 +172,12 @@ class TagAlign(nn.Module):
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised dense features ``[B, D, h, w]`` (gradient flows into the projector)."""
-        return self.projector(self._patch_map(self.encode_dense(images), images))
+        return self.projector(self.encode_patches(images))
 
     @torch.no_grad()
     def clip_dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen CLIP branch: frozen ln_post/proj on the same surgery tokens, ``[B, D, h, w]``."""
-        return self._clip_projection(self._patch_map(self.encode_dense(images), images))
+        return self._clip_projection(self.encode_patches(images))
 
     @torch.no_grad()
     def masks(
@@ -191,7 +194,7 @@ class TagAlign(nn.Module):
         ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP branch by ``clip_w``,
         then bilinearly upsampled to the input size (or to ``size``).
         """
-        patches = self._patch_map(self.encode_dense(images), images)
+        patches = self.encode_patches(images)
         texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
 
         def probabilities(features: torch.Tensor) -> torch.Tensor:
