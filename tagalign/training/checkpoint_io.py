@@ -1,19 +1,28 @@
-"""Resuming mmengine training state on torch >= 2.6.
+"""Checkpoint files for mmengine training: loaded on torch >= 2.6, written atomically.
 
-mmengine 0.10 loads checkpoints with ``torch.load``'s default, which torch 2.6 switched to ``weights_only=True``;
-a full training state (optimizer, AMP scaler, mmengine's message hub with its HistoryBuffers) is then refused and
-``--resume`` fails. Local training checkpoints are written by this training itself, so they are loaded as full
-pickles here. Remote schemes (http, s3, ...) keep mmengine's loaders.
+Loading: mmengine 0.10 loads checkpoints with ``torch.load``'s default, which torch 2.6 switched to
+``weights_only=True``; a full training state (optimizer, AMP scaler, mmengine's message hub with its
+HistoryBuffers) is then refused and ``--resume`` fails. Local training checkpoints are written by this training
+itself, so they are loaded as full pickles here. Remote schemes (http, s3, ...) keep mmengine's loaders.
+
+Writing: mmengine's local file backend opens the target and writes into it, so a job killed during a save leaves a
+truncated ``iter_N.pth``. The backend registered here writes a temporary file beside the target, syncs it and
+renames it over the target: a checkpoint file is complete or absent. mmengine writes its ``last_checkpoint``
+pointer with a plain ``open``; :func:`latest_checkpoint` therefore also accepts an empty or dangling pointer and
+falls back to the newest ``iter_N.pth``.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ["load_local_training_checkpoint"]
+__all__ = ["AtomicLocalBackend", "atomic_write_bytes", "latest_checkpoint", "load_local_training_checkpoint"]
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)
@@ -22,3 +31,51 @@ def load_local_training_checkpoint(filename: str, map_location=None):
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"checkpoint {filename} does not exist")
     return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file renamed over it (same directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[str | None, str]:
+    """The checkpoint ``--resume`` should continue from, and why: mmengine's ``last_checkpoint`` pointer when it
+    names an existing file, else the ``iter_N.pth`` with the largest N, else ``None``."""
+    work_dir = Path(work_dir)
+    pointer = work_dir / "last_checkpoint"
+    named = pointer.read_text().strip() if pointer.is_file() else ""
+    if named and Path(named).is_file():
+        return named, f"{pointer} names it"
+    iterations = [
+        (int(match.group(1)), path)
+        for path in work_dir.glob("iter_*.pth")
+        if (match := re.fullmatch(r"iter_(\d+)\.pth", path.name))
+    ]
+    if not iterations:
+        return None, f"no checkpoint in {work_dir}"
+    newest = str(max(iterations)[1])
+    reason = f"{pointer} names a missing file '{named}'" if named else f"{pointer} is missing or empty"
+    return newest, f"{reason}; using the newest iteration checkpoint"
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend whose whole-file writes appear complete or not at all."""
+
+    def put(self, obj: bytes, filepath: str | Path) -> None:
+        atomic_write_bytes(filepath, obj)
+
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
+        atomic_write_bytes(filepath, obj.encode(encoding))
+
+
+register_backend("local", AtomicLocalBackend, force=True, prefixes="")

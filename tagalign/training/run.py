@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 __all__ = ["train"]
@@ -21,6 +22,10 @@ def train(cfg: Config, work_dir: str | os.PathLike | None = None, resume: bool =
     if launcher != "none":
         cfg.env_cfg.setdefault("dist_cfg", {})
     cfg.resume = resume
+    if resume and not cfg.get("load_from") and cfg.get("work_dir"):
+        path, reason = checkpoint_io.latest_checkpoint(cfg.work_dir)
+        print_log(f"resume: {path or 'nothing to resume, starting from scratch'} ({reason})", logger="current")
+        cfg.load_from, cfg.resume = path, path is not None
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
