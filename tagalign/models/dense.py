@@ -94,9 +94,9 @@ def _feed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
-    """One unmodified CLIP block on ``[B, N, C]``: SDPA where open_clip's own block would allow it, else the block.
+    """One unmodified CLIP block on ``[B, N, C]``: written out with SDPA for open_clip's plain block, else its forward.
 
-    Inference under ``no_grad`` would send ``nn.MultiheadAttention`` to its native kernel, which on CPU is a plain
+    Under ``no_grad``, ``nn.MultiheadAttention`` takes its native fast path, which on CPU is a separate
     matmul-softmax-matmul; SDPA picks a fused kernel. Same math.
     """
     if _is_plain_block(block):
