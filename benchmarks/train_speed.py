@@ -20,9 +20,7 @@ class NaiveTagAlign(TagAlign):
     """The same model with autograd through the frozen encoder."""
 
     def encode_patches(self, images):
-        tokens = surgery_tokens(self.clip.visual, images, self.surgery_layers)[:, 1:]
-        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+        return self.token_map(surgery_tokens(self.clip.visual, images, self.surgery_layers)[:, 1:], images)
 
 
 def main() -> None:

@@ -161,9 +161,12 @@ class TagAlign(nn.Module):
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen surgery patch tokens as a map ``[B, width, h, w]`` (before ln_post); the CLS is not computed."""
-        tokens = surgery_patch_tokens(self.clip.visual, images, self.surgery_layers)
+        return self.token_map(surgery_patch_tokens(self.clip.visual, images, self.surgery_layers), images)
+
+    def token_map(self, patch_tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, h*w, C]`` of ``images`` as a map ``[B, C, h, w]``."""
         h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+        return patch_tokens.transpose(1, 2).reshape(patch_tokens.shape[0], patch_tokens.shape[-1], h, w)
 
     def _clip_projection(self, patches: torch.Tensor) -> torch.Tensor:
         visual = self.clip.visual
