@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny randomly initialised open_clip CLIP (see tagalign/models/model_configs)."""
+"""Shared fixtures: a tiny random open_clip CLIP (tagalign/models/model_configs) with non-zero biases and LayerNorm
+affine parameters in both towers (tests/random_affine.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ for _parent in Path(__file__).resolve().parents[1:4]:
         os.environ.setdefault("NLTK_DATA", str(_parent / "shared" / "nltk_data"))
         break
 
+from random_affine import randomize_affine_  # noqa: E402
+
 import tagalign  # noqa: E402,F401  (installs the mmcv._ext stub before any mmseg import)
 from tagalign.models import load_clip  # noqa: E402
 
@@ -27,4 +30,4 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_clip():
     torch.manual_seed(0)
-    return load_clip("tagalign-tiny")
+    return randomize_affine_(load_clip("tagalign-tiny"), seed=0)
