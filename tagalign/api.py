@@ -30,17 +30,20 @@ def load(
     reference's OpenAI ViT-B/16 is loaded.
     """
     config: dict = {}
+    quick_gelu = None
     if checkpoint is not None:
         payload = read_checkpoint(checkpoint)
         config = payload["config"]
         clip = clip or payload["clip"]["model_name"]
         pretrained = pretrained if pretrained is not None else payload["clip"]["pretrained"]
+        if payload["clip"].get("activation") == "quick_gelu":
+            quick_gelu = True  # the checkpoint's CLIP used QuickGELU: any weights file for it gets QuickGELU too
     elif clip is None:
         clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
     if pretrained is None:
         logger.warning("CLIP '%s' gets random weights (no --pretrained given)", clip)
     model = TagAlign(
-        load_clip(clip, pretrained, device=device),
+        load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu),
         surgery_layers=config.get("surgery_layers", 6),
         projector=config.get("projector"),
     ).to(device)

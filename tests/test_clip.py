@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
 import open_clip
 import pytest
 import torch
+from random_affine import randomize_affine_
 
-from tagalign.models import ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
+from tagalign.models import CheckpointMismatchError, ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
 
 OPENAI_LIKE = {  # heads = width // 64 as OpenAI's state-dict loader assumes
     "embed_dim": 64,
@@ -77,7 +79,9 @@ def test_openai_tag_gets_quick_gelu(openai_like_config, tmp_path, monkeypatch):
     monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(weights))
     model = load_clip(str(openai_like_config), pretrained="openai")
     assert _gelu_types(model) == {"QuickGELU"}
-    assert model.tagalign_identity.weights_hash == source.tagalign_identity.weights_hash
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    # same tensors, other activation: another model, so another identity
+    assert model.tagalign_identity.weights_hash != source.tagalign_identity.weights_hash
 
 
 def test_openai_torchscript_archive_gets_quick_gelu(openai_like_config, tmp_path):
@@ -125,3 +129,74 @@ def test_text_embedding_cache_is_keyed_and_used(tiny_clip, tmp_path):
 def test_bad_templates_are_rejected(tiny_clip):
     with pytest.raises(ValueError, match="must contain"):
         encode_texts(tiny_clip, ["cat"], templates=["a photo"], cache_dir=False)
+
+
+def _openai_vit_b16_archive(source, path):
+    """Save ``source`` as OpenAI's release does: a traced TorchScript archive holding the causal mask as a constant."""
+    scripted = copy.deepcopy(source)
+    scripted.output_dict = False
+    scripted.attn_mask = scripted._buffers.pop("attn_mask")
+    image, text = torch.randn(1, 3, 224, 224), get_tokenizer(source)(["a photo"])
+    torch.jit.trace(scripted, (image, text), check_trace=False).save(str(path))
+
+
+def test_openai_vit_b16_weights_get_quick_gelu_by_every_route(tmp_path, monkeypatch, caplog):
+    """One set of OpenAI-style ViT-B/16 weights, saved the ways users get them, must give one model."""
+    from safetensors.torch import save_file
+
+    from tagalign.models import TagAlign, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(11)
+    source = randomize_affine_(load_clip("ViT-B-16-quickgelu"), seed=11)
+    source.half().float()  # OpenAI ships fp16; every route below then holds exactly these values
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    archive = tmp_path / "ViT-B-16.pt"
+    _openai_vit_b16_archive(source, archive)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file(state, str(hub / "open_clip_model.safetensors"))
+    hub_config = {"model_cfg": {**open_clip.get_model_config("ViT-B-16"), "quick_gelu": True},
+                  "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073]}}
+    (hub / "open_clip_config.json").write_text(json.dumps(hub_config))
+    bare = tmp_path / "bare" / "open_clip_pytorch_model.bin"
+    bare.parent.mkdir()
+    torch.save(state, bare)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(bare))
+
+    routes = {
+        "openai tag": load_clip("ViT-B-16", pretrained="openai"),
+        "TorchScript archive": load_clip("ViT-B-16", pretrained=str(archive)),
+        "hub directory": load_clip("ViT-B-16", pretrained=str(hub)),
+        "hub weights file": load_clip("ViT-B-16", pretrained=str(hub / "open_clip_model.safetensors")),
+        "bare state dict, -quickgelu name": load_clip("ViT-B-16-quickgelu", pretrained=str(bare)),
+        "bare state dict, force_quick_gelu": load_clip("ViT-B-16", pretrained=str(bare), force_quick_gelu=True),
+    }
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tagalign.models.clip"):
+        gelu = load_clip("ViT-B-16", pretrained=str(bare))  # the route that cannot know: GELU, and it says so
+    assert "nn.GELU" in caplog.text and "ViT-B-16-quickgelu" in caplog.text
+    assert _gelu_types(gelu) == {"GELU"}
+
+    images = torch.randn(1, 3, 224, 224)
+    features = {}
+    for route, model in routes.items():
+        assert _gelu_types(model) == {"QuickGELU"}, route
+        assert model.tagalign_identity.activation == "quick_gelu", route
+        with torch.no_grad():
+            features[route] = TagAlign(model).dense_features(images)
+    reference = features["bare state dict, -quickgelu name"]
+    for route, value in features.items():
+        assert (value - reference).abs().max().item() <= 1e-5, route
+    hashes = {model.tagalign_identity.weights_hash for model in routes.values()}
+    assert len(hashes) == 1 and gelu.tagalign_identity.weights_hash not in hashes
+    with torch.no_grad():
+        assert (TagAlign(gelu).dense_features(images) - reference).abs().max().item() > 1e-3
+
+    checkpoint = tmp_path / "quickgelu.pth"
+    save_checkpoint(TagAlign(routes["TorchScript archive"]), checkpoint)
+    with pytest.raises(CheckpointMismatchError, match=r"QuickGELU.*GELU \(nn.GELU\)"):
+        load_checkpoint(TagAlign(gelu), checkpoint)
+    from tagalign.api import load
+
+    reloaded = load(checkpoint, pretrained=str(bare))  # the checkpoint's activation carries over to a bare file
+    assert reloaded.clip.tagalign_identity.activation == "quick_gelu"

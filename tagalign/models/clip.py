@@ -1,7 +1,13 @@
 """Load open_clip models (names, config files, tags, local weights) and encode text prompts.
 
 One CLIP load serves the text tower, the dense encoder and the frozen CLIP branch. The loaded model carries a
-:class:`ClipIdentity` (name, weights source, weights hash) so checkpoints can refer to it instead of copying it.
+:class:`ClipIdentity` (name, weights source, activation, weights hash) so checkpoints can refer to it instead of
+copying it.
+
+The activation is part of the identity: OpenAI's weights need QuickGELU, and the same tensors in an ``nn.GELU``
+model give silently wrong features. :func:`load_clip` picks it from the weights' source (table in README.md,
+"Loading CLIP"): an OpenAI tag or TorchScript archive, an ``open_clip_config.json`` beside a hub-style weights
+file, a ``-quickgelu`` model name, or ``force_quick_gelu``; where none of these says, it logs the choice it made.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class ClipWeightsUnavailableError(RuntimeError):
     """Pretrained CLIP weights could not be obtained (usually: no internet access)."""
 
 
+HUB_CONFIG_NAME = "open_clip_config.json"
+HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.bin")
+
+
 @dataclass(frozen=True)
 class ClipIdentity:
     """What a checkpoint records about the frozen CLIP it was trained on."""
@@ -50,14 +60,25 @@ class ClipIdentity:
     model_name: str
     pretrained: str | None
     weights_hash: str
+    activation: str | None = None  # "quick_gelu" or "gelu" (None in files written before it was recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def activation_of(model: nn.Module) -> str:
+    """``"quick_gelu"`` if the model's MLPs use QuickGELU, else ``"gelu"``."""
+    quick = any(type(m).__name__ == "QuickGELU" for m in model.modules())
+    return "quick_gelu" if quick else "gelu"
+
+
 def weights_hash(model: nn.Module) -> str:
-    """A sha256 prefix over every tensor of ``model``'s state dict (names, dtypes, shapes and bytes)."""
+    """A sha256 prefix over the activation and every tensor of ``model``'s state dict (names, dtypes, shapes, bytes).
+
+    The same tensors under GELU and QuickGELU are different models, so they hash differently.
+    """
     digest = hashlib.sha256()
+    digest.update(f"activation={activation_of(model)}|".encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
@@ -69,7 +90,8 @@ def clip_identity(model: nn.Module) -> ClipIdentity:
     """The identity attached by :func:`load_clip`, or one computed now for a model built elsewhere."""
     identity = getattr(model, "tagalign_identity", None)
     if identity is None:
-        identity = ClipIdentity(model_name=type(model).__name__, pretrained=None, weights_hash=weights_hash(model))
+        identity = ClipIdentity(model_name=type(model).__name__, pretrained=None, weights_hash=weights_hash(model),
+                                activation=activation_of(model))
         model.tagalign_identity = identity
     return identity
 
@@ -105,6 +127,40 @@ def tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
     return bool(tag_cfg.get("quick_gelu", False)) or tag.lower() == "openai"
 
 
+def _hub_files(pretrained: str) -> tuple[str, bool | None]:
+    """``(weights file, quick_gelu from open_clip_config.json)`` for a hub-style directory or a file beside one.
+
+    ``quick_gelu`` is None when no ``open_clip_config.json`` is there.
+    """
+    path = Path(pretrained)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        found = [folder / name for name in HUB_WEIGHT_NAMES if (folder / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{folder} holds none of the open_clip weight files {list(HUB_WEIGHT_NAMES)}")
+        path = found[0]
+    config_file = folder / HUB_CONFIG_NAME
+    if not config_file.is_file():
+        return str(path), None
+    try:
+        model_cfg = json.loads(config_file.read_text())["model_cfg"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_file}: expected open_clip's hub config, a JSON object with 'model_cfg'") from err
+    return str(path), bool(model_cfg.get("quick_gelu", False))
+
+
+def _activation_note(model_name: str, pretrained: str, quick_gelu: bool) -> None:
+    """Say which activation a bare weights file got, and how to choose the other one."""
+    if quick_gelu:
+        return
+    logger.warning(
+        "CLIP weights %s are a bare state dict: built '%s' with nn.GELU, as its config says. OpenAI CLIP weights "
+        "(and hub copies of them) need QuickGELU, or their features are wrong: use the model name '%s-quickgelu' "
+        "(--clip %s-quickgelu), load_clip(..., force_quick_gelu=True), or put the hub's %s beside the file.",
+        pretrained, model_name, model_name, model_name, HUB_CONFIG_NAME,
+    )
+
+
 def load_clip(
     name_or_config: str,
     pretrained: str | None = None,
@@ -118,16 +174,32 @@ def load_clip(
         pretrained: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``...), a local weights file
             (an OpenAI TorchScript ``.pt`` archive or an open_clip state dict / ``.safetensors``), or None for
             random initialisation.
+            A hub-style directory (``open_clip_config.json`` + ``open_clip_model.safetensors`` or
+            ``open_clip_pytorch_model.bin``) works too.
         device: where to put the model.
         force_quick_gelu: override the activation choice. By default OpenAI weights (the ``openai`` tag, any tag
-            open_clip marks as QuickGELU, or an OpenAI TorchScript archive) always get QuickGELU, because open_clip
-            3.x silently builds ``nn.GELU`` for ``ViT-B-16`` + ``openai`` and the features are then wrong.
+            open_clip marks as QuickGELU, an OpenAI TorchScript archive, or a hub file whose
+            ``open_clip_config.json`` says ``quick_gelu``) always get QuickGELU, because open_clip 3.x silently builds
+            ``nn.GELU`` for ``ViT-B-16`` + ``openai`` and the features are then wrong. A bare state dict gets what
+            the model config says (``ViT-B-16-quickgelu``: QuickGELU), with a warning naming the choice.
 
     Returns:
         The model, with a ``tagalign_identity`` attribute (:class:`ClipIdentity`).
     """
     model_name = _register_model_config(name_or_config)
     quick_gelu = force_quick_gelu
+    config_quick_gelu = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if pretrained is not None and os.path.exists(pretrained) and not (
+        os.path.isfile(pretrained) and _is_torchscript_archive(pretrained)
+    ):
+        pretrained_file, hub_quick_gelu = _hub_files(pretrained)
+        if quick_gelu is None and hub_quick_gelu is not None:
+            quick_gelu = hub_quick_gelu
+            logger.info("%s: %s says quick_gelu=%s", pretrained, HUB_CONFIG_NAME, hub_quick_gelu)
+        elif quick_gelu is None:
+            _activation_note(model_name, pretrained, config_quick_gelu)
+    else:
+        pretrained_file = pretrained
     if pretrained is not None and os.path.isfile(pretrained) and _is_torchscript_archive(pretrained):
         if force_quick_gelu is False:
             raise ValueError("OpenAI TorchScript weights are always built with QuickGELU")
@@ -147,7 +219,7 @@ def load_clip(
         try:
             model = open_clip.create_model(
                 model_name,
-                pretrained=pretrained,
+                pretrained=pretrained_file,
                 device=device,
                 precision="fp32",
                 force_quick_gelu=bool(quick_gelu),
@@ -162,11 +234,14 @@ def load_clip(
                 f"--clip {model_name} --pretrained /path/to/weights.pt (OpenAI .pt archives, open_clip .bin/.pt "
                 f"state dicts and .safetensors all work)."
             ) from err
+    if force_quick_gelu is False and config_quick_gelu:
+        raise ValueError(f"CLIP model '{model_name}' is a QuickGELU config; force_quick_gelu=False cannot undo that")
     model.eval().requires_grad_(False)
     model.tagalign_identity = ClipIdentity(
         model_name=model_name,
         pretrained=None if pretrained is None else str(pretrained),
         weights_hash=weights_hash(model),
+        activation=activation_of(model),
     )
     model.tagalign_model_name = model_name
     return model

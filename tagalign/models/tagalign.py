@@ -37,6 +37,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "tagalign-checkpoint/1"
 _TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.")
+_ACTIVATION_NAMES = {"quick_gelu": "QuickGELU", "gelu": "GELU (nn.GELU)", None: "an unrecorded activation"}
 _LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8}
 
 
@@ -112,6 +113,9 @@ class TagAlign(nn.Module):
         self.tag_weight = float(loss_cfg.pop("tag_weight"))
         self.itc_loss = ImageTextContrastiveLoss()
         self.tag_loss = TagClassificationLoss(mode=loss_cfg.pop("tag_mode"), tag_frequency=tag_frequency, **loss_cfg)
+        # A loss weighted 0 is never computed: its temperature would get no gradient, which DDP rejects.
+        self.itc_loss.requires_grad_(bool(self.itc_weight))
+        self.tag_loss.requires_grad_(bool(self.tag_weight))
         if tag_embeddings is not None:
             tag_embeddings = torch.as_tensor(tag_embeddings, dtype=torch.float32)
             embed_dim = self.clip.visual.output_dim
@@ -272,6 +276,13 @@ def load_checkpoint(model: TagAlign, path: str | os.PathLike, check_clip: bool =
     payload = read_checkpoint(path)
     saved = ClipIdentity(**payload["clip"])
     current = clip_identity(model.clip)
+    if check_clip and saved.activation and saved.activation != current.activation:
+        raise CheckpointMismatchError(
+            f"{path} was trained on CLIP '{saved.model_name}' with {_ACTIVATION_NAMES[saved.activation]}, but the "
+            f"model's CLIP '{current.model_name}' uses {_ACTIVATION_NAMES[current.activation]}: the same weights "
+            f"give different features. Load the CLIP with the checkpoint's activation (for QuickGELU: the "
+            f"'-quickgelu' model name, e.g. --clip {saved.model_name.removesuffix('-quickgelu')}-quickgelu)."
+        )
     if check_clip and saved.weights_hash != current.weights_hash:
         raise CheckpointMismatchError(
             f"{path} was trained on CLIP '{saved.model_name}' (weights {saved.pretrained or 'random init'}, hash "

@@ -8,6 +8,7 @@ model = dict(
     tag_frequency=f"{tags_dir}/tag_frequency.npy",
     surgery_layers=6,
     projector=dict(type="gated_conv", num_units=4, kernel_size=3),
-    # tag_mode: "softmax" (reference code) | "balanced" (paper Eq. 4) | "weighted" | "focal" | "asymmetric"
-    loss=dict(tag_mode="softmax", itc_weight=1.0, tag_weight=1.0, prob_clamp=1e-8),
+    # tag_mode: "balanced" (paper Eq. 4, the default here) | "softmax" (the authors' released code) | "weighted" |
+    # "focal" | "asymmetric"
+    loss=dict(tag_mode="balanced", itc_weight=1.0, tag_weight=1.0, prob_clamp=1e-8),
 )
