@@ -55,6 +55,9 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
                                      "objects": sorted({shape for _, shape in scene.objects}),
                                      "attributes": sorted({colour for colour, _ in scene.objects}),
                                      "status": "ok"}) + "\n")
+    (root / "tags/stats").mkdir(parents=True, exist_ok=True)  # the parse stage's shard report: shard 0 of 1 is done
+    (root / "tags/stats/shard-00000.json").write_text(json.dumps({"shard_id": 0, "num_shards": 1,
+                                                                  "captions": len(keys), "ok": len(keys)}))
     merge_parsed(root / "tags")
     embed_vocab(root / "tags", clip="tagalign-tiny", pretrained=str(clip_file))
     eval_scenes = [render_scene(rng) for _ in range(num_eval)]

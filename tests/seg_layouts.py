@@ -22,6 +22,7 @@ class Layout:
     folder: str = ""  # Cityscapes keeps images in per-city folders, ImageNet-S in per-synset folders
     rgb_label: bool = False  # ImageNet-S: label = G * 256 + R, ignore = 1000
     large_first_image: bool = False  # ImageNet-S: one image over 1000x1000 pixels (downsampled on load)
+    wide_last_image: bool = False  # a 1:6 image, so the long-side cap of the resize binds (ImageNet-S 919: 1024)
 
 
 LAYOUTS = {
@@ -37,7 +38,8 @@ LAYOUTS = {
                      False),
     **{
         f"imagenets{n}": Layout(f"ImageNetS{n}", "validation", ".JPEG", "validation-segmentation", ".png", n, True,
-                                folder="n01443537", rgb_label=True, large_first_image=n == 50)
+                                folder="n01443537", rgb_label=True, large_first_image=n == 50,
+                                wide_last_image=n == 919)
         for n in (50, 300, 919)
     },
 }
@@ -56,28 +58,49 @@ def _blocks(rng, height, width, label_max, ignore, ignore_value=255):
     return label
 
 
-def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0) -> list[str]:
-    """Write images + label PNGs (+ split file) for one layout under ``data_root``; returns the image ids."""
+#: Well-separated colours (channel levels 30/128/225, never all 128); each raw label of a layout gets one, so a test
+#: model can read the ground truth back from the normalised pixels. Grey (128, 128, 128) paints ignored pixels.
+PALETTE = [(r, g, b) for r in (30, 128, 225) for g in (30, 128, 225) for b in (30, 128, 225) if (r, g, b) != (128,) * 3]
+IGNORE_COLOUR = (128, 128, 128)
+
+
+def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0) -> dict[int, tuple[int, int, int]]:
+    """Write images + label PNGs (+ split file) for one layout under ``data_root``.
+
+    Each image paints every pixel in its raw label's palette colour (ignored pixels grey). Returns the palette:
+    raw label -> RGB.
+    """
     layout = LAYOUTS[name]
     rng = np.random.default_rng(seed)
     root = data_root / layout.subdir
     img_dir, seg_dir = root / layout.img_dir / layout.folder, root / layout.seg_dir / layout.folder
     img_dir.mkdir(parents=True, exist_ok=True)
     seg_dir.mkdir(parents=True, exist_ok=True)
-    ids = []
+    ignore_value = 1000 if layout.rgb_label else 255
+    labels = []
     for index in range(num_images):
         height, width = int(rng.integers(100, 160)), int(rng.integers(170, 260))
         if layout.large_first_image and index == 0:
             height, width = 1010, 1100
-        label = _blocks(rng, height, width, layout.label_max, layout.ignore, 1000 if layout.rgb_label else 255)
-        image = (rng.integers(0, 255, size=(1, 1, 3)) + label[..., None] * 7) % 255
+        if layout.wide_last_image and index == num_images - 1:
+            height, width = 100, 600
+        labels.append(_blocks(rng, height, width, layout.label_max, layout.ignore, ignore_value))
+    present = sorted({int(v) for label in labels for v in np.unique(label)} - {ignore_value})
+    assert len(present) <= len(PALETTE)
+    palette = dict(zip(present, PALETTE))
+    ids = []
+    for index, label in enumerate(labels):
+        image = np.zeros((*label.shape, 3), dtype=np.uint8)
+        image[:] = IGNORE_COLOUR
+        for value, colour in palette.items():
+            image[label == value] = colour
         if layout.folder == "frankfurt":
             image_id = f"frankfurt_{index:06d}_000019"
         elif layout.rgb_label:
             image_id = f"ILSVRC2012_val_{index + 1:08d}"
         else:
             image_id = f"img_{index:06d}"
-        Image.fromarray(image.astype(np.uint8)).save(img_dir / f"{image_id}{layout.img_suffix}")
+        Image.fromarray(image).save(img_dir / f"{image_id}{layout.img_suffix}", quality=95, subsampling=0)
         if layout.rgb_label:
             encoded = np.stack([label % 256, label // 256, np.zeros_like(label)], axis=-1).astype(np.uint8)
             Image.fromarray(encoded).save(seg_dir / f"{image_id}{layout.seg_suffix}")
@@ -90,4 +113,4 @@ def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0)
     if layout.split_file:
         (root / layout.split_file).parent.mkdir(parents=True, exist_ok=True)
         (root / layout.split_file).write_text("\n".join(ids) + "\n")
-    return ids
+    return palette

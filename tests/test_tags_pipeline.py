@@ -150,8 +150,9 @@ def test_tag_embeddings_stage(tmp_path, parser, tiny_clip):
     src.write_text("".join(json.dumps({"key": f"k{i}", "caption": c}) + "\n" for i, c in enumerate(CAPTIONS)))
     parse_captions([src], tmp_path / "out", parser)
     merge_parsed(tmp_path / "out")
-    torch.manual_seed(0)
-    payload = load_tag_embeddings(embed_vocab(tmp_path / "out", clip="tagalign-tiny", pretrained=None))
+    torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
+    embedded = embed_vocab(tmp_path / "out", clip="tagalign-tiny", pretrained=str(tmp_path / "clip.pt"))
+    payload = load_tag_embeddings(embedded)
     vocab = TagVocab.load(tmp_path / "out/vocab.csv")
     assert payload["embeddings"].shape == (len(vocab), 64) and payload["tags"] == vocab.tags
     assert payload["vocab_hash"] == vocab.hash

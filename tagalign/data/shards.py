@@ -33,9 +33,15 @@ from ..tags.labels import LabelStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TagShardDataset", "collate_tag_batch", "list_shards"]
+__all__ = ["NoTrainingSamplesError", "TagShardDataset", "collate_tag_batch", "list_shards"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_MAX_SKIP_WARNINGS = 20  # per stream; later skips are counted in the training log only
+_PROBE_SAMPLES = 200  # samples of the first shard read at start to check that labels join at all
+
+
+class NoTrainingSamplesError(RuntimeError):
+    """The shards and labels give (almost) no usable sample: training would hang or learn from a sliver."""
 
 
 def list_shards(paths: str | Sequence[str]) -> list[Path]:
@@ -59,17 +65,21 @@ def list_shards(paths: str | Sequence[str]) -> list[Path]:
     return shards
 
 
-def _decodable(data: bytes | None) -> bool:
-    """Cheap validity check shared by training and fast-forward: JPEGs decode at 1/8 scale (DCT scaling)."""
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _undecodable(data: bytes | None) -> str | None:
+    """Why an image cannot be used (None if it can). Cheap, and shared by training and fast-forward: JPEGs decode
+    at 1/8 scale (DCT scaling); a header claiming more pixels than Pillow's decompression-bomb limit is refused."""
     if not data:
-        return False
+        return "no image"
     try:
         with Image.open(io.BytesIO(data)) as pil:
             pil.draft("RGB", (max(pil.size[0] // 8, 1), max(pil.size[1] // 8, 1)))
             pil.load()
-        return True
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return False
+        return None
+    except _DECODE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
 
 
 def _raw_samples(shard: Path) -> Iterator[dict]:
@@ -87,7 +97,7 @@ def _raw_samples(shard: Path) -> Iterator[dict]:
                     yield current
                     current = None
                 if current is None:
-                    current = {"key": key, "image": None, "txt": "", "json": {}}
+                    current = {"key": key, "image": None, "txt": "", "json": {}, "shard": str(shard)}
                 data = archive.extractfile(member).read()
                 ext = ext.lower()
                 if ext in IMAGE_EXTENSIONS:
@@ -118,6 +128,9 @@ class TagShardDataset(IterableDataset):
         shuffle_buffer: samples held for shuffling (0 disables shuffling, shards are still shuffled).
         seed: base seed of shard order, buffer and augmentation.
         world_size, rank: data-parallel layout (default: torch.distributed's, else 1 and 0).
+        max_consecutive_skips: stop with an error after this many skipped samples in a row (never hang).
+        max_unlabelled_fraction: stop with an error when more than this fraction of the samples seen (after the
+            first 200) has no label: a wrong ``label_key`` or labels from other data.
     """
 
     def __init__(
@@ -132,6 +145,8 @@ class TagShardDataset(IterableDataset):
         seed: int = 0,
         world_size: int | None = None,
         rank: int | None = None,
+        max_consecutive_skips: int = 10_000,
+        max_unlabelled_fraction: float = 0.5,
     ):
         super().__init__()
         if label_key not in ("key", "url"):
@@ -151,8 +166,47 @@ class TagShardDataset(IterableDataset):
             world_size = dist.get_world_size() if distributed else 1
             rank = dist.get_rank() if distributed else 0
         self.world_size, self.rank = world_size, rank
+        self.max_consecutive_skips = max_consecutive_skips
+        self.max_unlabelled_fraction = max_unlabelled_fraction
+        self._probe()
         self.batch_size = 1  # set by the loader builder; needed to turn batches into samples for resuming
         self.skip_batches = 0  # global batches already consumed (set on resume)
+
+    def _diagnosis(self) -> str:
+        label_keys = [row[0] for row in self.labels._db().execute("SELECT key FROM labels LIMIT 3")]
+        other = "url" if self.label_key == "key" else "key"
+        return (f"labels are joined on label_key='{self.label_key}'; {self.labels.path} holds keys like "
+                f"{label_keys}. If the labels were parsed from other files (a .tsv is keyed by URL, img2dataset "
+                f"shards by sample key), try label_key='{other}' or parse these shards themselves.")
+
+    def _fail(self, stream: int, what: str, seen: int, unlabelled: int, corrupt: int) -> None:
+        raise NoTrainingSamplesError(
+            f"training data stream {stream} stops: {what} ({seen} samples read: {unlabelled} without a label, "
+            f"{corrupt} with an unusable image). {self._diagnosis()}"
+        )
+
+    def _probe(self) -> None:
+        """Read the first samples of the first shard: refuse at once if none of them joins a label."""
+        samples = []
+        for raw in _raw_samples(self.shards[0]):
+            samples.append(raw)
+            if len(samples) >= _PROBE_SAMPLES:
+                break
+        if not samples:
+            return
+        if self.label_key == "url" and not any(raw["json"].get("url") for raw in samples):
+            raise NoTrainingSamplesError(
+                f"label_key='url' but the samples of {self.shards[0]} carry no URL (no 'url' in their .json; the "
+                f"pixparse/cc12m-wds mirror has none), so URL-keyed labels (e.g. the authors' released tags) cannot "
+                f"be joined to them. Parse these shards' captions (`tools/parse_tags.py all {self.shards[0].parent}"
+                f" ...`) and train with label_key='key', or use img2dataset shards, whose .json holds the URL."
+            )
+        if not any(self._label(raw) is not None for raw in samples):
+            keys = [raw["key"] if self.label_key == "key" else raw["json"].get("url") for raw in samples[:3]]
+            raise NoTrainingSamplesError(
+                f"none of the first {len(samples)} samples of {self.shards[0]} has a label (their "
+                f"{self.label_key}s look like {keys}). {self._diagnosis()}"
+            )
 
     def __len__(self) -> int:
         """Labelled samples per rank: the nominal epoch length (the stream itself never ends)."""
@@ -228,23 +282,47 @@ class TagShardDataset(IterableDataset):
         streams = self.world_size * num_workers
         to_skip = self._samples_to_skip(logical, num_workers)
         produced = 0
-        corrupt = unlabelled = 0
+        corrupt = unlabelled = corrupt_logged = 0
+        seen = seen_unlabelled = seen_corrupt = in_a_row = 0
+        epoch, produced_in_epoch = 0, 0
         for raw in self._stream_raw(stream, streams):
+            if raw["epoch"] != epoch:
+                if produced_in_epoch == 0:
+                    self._fail(stream, "a whole pass over this stream's samples gave none", seen, seen_unlabelled,
+                               seen_corrupt)
+                epoch, produced_in_epoch = raw["epoch"], 0
+            seen += 1
+            in_a_row += 1
+            if in_a_row > self.max_consecutive_skips:
+                self._fail(stream, f"{in_a_row - 1} samples in a row were skipped", seen, seen_unlabelled,
+                           seen_corrupt)
+            if seen >= _PROBE_SAMPLES and seen_unlabelled > self.max_unlabelled_fraction * seen:
+                self._fail(stream, f"more than {self.max_unlabelled_fraction:.0%} of samples have no label", seen,
+                           seen_unlabelled, seen_corrupt)
             tag_ids = self._label(raw)
             if tag_ids is None:
                 unlabelled += produced >= to_skip
+                seen_unlabelled += 1
                 continue
             if self.drop_empty and not tag_ids:
                 continue
-            if not _decodable(raw["image"]):
+            reason = _undecodable(raw["image"])
+            if reason is not None:
                 corrupt += produced >= to_skip
+                seen_corrupt += 1
+                if produced >= to_skip and corrupt_logged < _MAX_SKIP_WARNINGS:
+                    corrupt_logged += 1
+                    logger.warning("skipping sample %s of %s: %s%s", raw["key"], raw["shard"], reason,
+                                   " (further skips are only counted)" if corrupt_logged == _MAX_SKIP_WARNINGS else "")
                 continue
+            in_a_row = 0
+            produced_in_epoch += 1
             if produced < to_skip:  # fast-forward: no full decode, no augmentation
                 produced += 1
                 continue
             try:
                 sample = self._decode(raw, produced, stream)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            except _DECODE_ERRORS as err:
                 # passed the cheap check but not the full decode (rare): skipped, counted; a later resume may
                 # be one sample off in this stream
                 corrupt += 1

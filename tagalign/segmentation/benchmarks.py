@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         *[
             BenchmarkSpec(f"imagenets{n}", f"ImageNetS{n}Dataset", f"ImageNetS{n}", "validation",
                           "validation-segmentation", short_side=256 if n == 919 else 448,
+                          long_side=1024 if n == 919 else 2048,  # the reference's img_scale=(1024, 256) for 919
                           load_image="LoadImageNetSImageFromFile", load_annotations="LoadImageNetSAnnotations",
                           ignore_index=1000)
             for n in (50, 300, 919)

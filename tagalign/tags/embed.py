@@ -21,8 +21,10 @@ def embed_vocab(out_dir: str | Path, clip: str = "ViT-B-16", pretrained: str | N
     import torch
 
     from ..models.clip import clip_identity, encode_texts, load_clip
+    from .merge import finish_interrupted_merge
 
     out_dir = Path(out_dir)
+    finish_interrupted_merge(out_dir)
     vocab = TagVocab.load(out_dir / "vocab.csv")
     model = load_clip(clip, pretrained, device=device)
     logger.info("encoding %d tags with CLIP %s (%s)", len(vocab), clip, pretrained or "random weights")

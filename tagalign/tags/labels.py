@@ -61,14 +61,23 @@ class LabelStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        from .merge import finish_interrupted_merge
+
+        finish_interrupted_merge(self.path.parent)  # a merge killed after its commit point: finish it first
         if not self.path.is_file():
             raise FileNotFoundError(f"label file {self.path} does not exist (run tools/parse_tags.py merge)")
         self._connection: sqlite3.Connection | None = None
         self._pid = None
-        meta = dict(self._db().execute("SELECT name, value FROM meta").fetchall())
-        self.num_tags = int(meta["num_tags"])
-        self.vocab_hash = meta["vocab_hash"]
-        self.num_samples = int(meta["num_samples"])
+        try:
+            meta = dict(self._db().execute("SELECT name, value FROM meta").fetchall())
+            self.num_tags = int(meta["num_tags"])
+            self.vocab_hash = meta["vocab_hash"]
+            self.num_samples = int(meta["num_samples"])
+        except (sqlite3.DatabaseError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"{self.path} is not a label file written by tools/parse_tags.py merge (expected an SQLite database "
+                f"with tables 'labels' and 'meta'; {type(err).__name__}: {err}). Run the merge stage again."
+            ) from err
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None or self._pid != os.getpid():  # one connection per process (fork-safe)

@@ -1,10 +1,18 @@
-"""The merge stage: vocabulary from every parsed part, then labels and the frequency prior."""
+"""The merge stage: vocabulary from every parsed part, then labels and the frequency prior.
+
+The outputs (``vocab.csv``, ``labels.sqlite``, ``tag_frequency.npy``, ``merge_stats.json``) change together or not
+at all: they are written into ``OUT/.merge-staging/``, synced, then a journal ``OUT/.merge-commit.json`` is written
+(the commit point) and the files are renamed into place. A merge killed before the journal leaves the previous set
+untouched; one killed after it is completed by :func:`finish_interrupted_merge`, which merge, embed and training
+call before they read the files.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from .labels import write_labels
@@ -12,7 +20,62 @@ from .vocab import TagVocab, count_tags, iter_parsed, read_tag_list
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["merge_parsed"]
+__all__ = ["MERGE_OUTPUTS", "IncompleteParseError", "finish_interrupted_merge", "merge_parsed"]
+
+MERGE_OUTPUTS = ("vocab.csv", "labels.sqlite", "tag_frequency.npy", "merge_stats.json")
+_STAGING = ".merge-staging"
+_JOURNAL = ".merge-commit.json"
+
+
+class IncompleteParseError(RuntimeError):
+    """Some parse shards have not finished: merging now would label only part of the data."""
+
+
+def finish_interrupted_merge(out_dir: str | Path) -> bool:
+    """Complete a merge that was killed after its commit point, or drop one killed before it. True if completed."""
+    out_dir = Path(out_dir)
+    staging, journal = out_dir / _STAGING, out_dir / _JOURNAL
+    if not journal.exists():
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        return False
+    _commit(out_dir)
+    logger.info("%s: completed an interrupted merge (all of %s are from it)", out_dir, ", ".join(MERGE_OUTPUTS))
+    return True
+
+
+def _commit(out_dir: Path) -> None:
+    staging, journal = out_dir / _STAGING, out_dir / _JOURNAL
+    for name in json.loads(journal.read_text())["files"]:
+        if (staging / name).exists():
+            os.replace(staging / name, out_dir / name)
+    journal.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_parse_finished(out_dir: Path) -> None:
+    """Every shard of the parse run must have written its ``stats/shard-*.json``."""
+    reports = {}
+    for path in sorted((out_dir / "stats").glob("shard-*.json")):
+        report = json.loads(path.read_text())
+        reports[int(report["shard_id"])] = int(report["num_shards"])
+    part_shards = {int(p.name.split("-")[1]) for p in (out_dir / "parsed").glob("part-*.jsonl")}
+    counts = set(reports.values())
+    if len(counts) > 1:
+        raise IncompleteParseError(f"{out_dir}/stats: shard reports disagree on the shard count ({sorted(counts)})")
+    expected = set(range(counts.pop())) if counts else set()
+    missing = sorted((expected | part_shards) - set(reports))
+    if missing:
+        raise IncompleteParseError(
+            f"{out_dir}: parse shard(s) {missing[:10]} have not finished (no stats/shard-NNNNN.json"
+            f"{'' if not expected else f' of {len(expected)} shards'}). Run `tools/parse_tags.py parse` for them "
+            f"(the same command resumes) before merging; merging now would label only part of the data."
+        )
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_attributes: int | None = 1_000,
@@ -22,12 +85,16 @@ def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_
     Two streaming passes over the part files (count, then label); memory holds only the tag counters.
     """
     out_dir = Path(out_dir)
+    finish_interrupted_merge(out_dir)
+    _check_parse_finished(out_dir)
+    staging = out_dir / _STAGING
+    staging.mkdir(parents=True, exist_ok=True)
     counts, ok_images = count_tags(iter_parsed(out_dir))
     if vocab_from:
         vocab = TagVocab.from_list(read_tag_list(vocab_from), counts)
     else:
         vocab = TagVocab.from_counts(counts, {"object": top_k_objects, "attribute": top_k_attributes}, min_count)
-    vocab.save(out_dir / "vocab.csv")
+    vocab.save(staging / "vocab.csv")
     logger.info("vocabulary: %d tags (%d objects, %d attributes) from %d tagged captions", len(vocab),
                 vocab.kinds.count("object"), vocab.kinds.count("attribute"), ok_images)
 
@@ -45,7 +112,7 @@ def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_
             without_tags += not ids
             yield record["key"], ids
 
-    written = write_labels(out_dir / "labels.sqlite", rows(), len(vocab), vocab.hash)
+    written = write_labels(staging / "labels.sqlite", rows(), len(vocab), vocab.hash)
     stats = {
         "records": total,
         "failed_records": failed,
@@ -56,9 +123,14 @@ def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_
         "vocab_hash": vocab.hash,
         "vocab_from": str(vocab_from) if vocab_from else None,
     }
-    tmp = out_dir / ".merge_stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, out_dir / "merge_stats.json")
+    (staging / "merge_stats.json").write_text(json.dumps(stats, indent=2))
+    for name in MERGE_OUTPUTS:
+        _sync(staging / name)
+    journal_tmp = out_dir / f"{_JOURNAL}.tmp"
+    journal_tmp.write_text(json.dumps({"files": list(MERGE_OUTPUTS)}))
+    _sync(journal_tmp)
+    os.replace(journal_tmp, out_dir / _JOURNAL)  # the commit point
+    _commit(out_dir)
     logger.info("labels: %d samples (%d failed records left out, %d duplicate keys, %d without any vocabulary tag)",
                 stats["labelled_samples"], failed, written["duplicate_keys"], without_tags)
     return stats

@@ -10,6 +10,7 @@ skipping the chunks already written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -72,10 +73,47 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _first_key(path: Path) -> str | None:
+def _keys_digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def _part_keys(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as handle:
-        line = handle.readline()
-    return json.loads(line)["key"] if line else None
+        return [json.loads(line)["key"] for line in handle if line.strip()]
+
+
+def _check_settings(parsed_dir: Path, settings: dict) -> None:
+    """Refuse to resume into part files written with another shard count or chunk size, naming what changed."""
+    for existing in sorted(parsed_dir.glob("settings-*.json")):
+        saved = json.loads(existing.read_text())
+        changed = [f"--{name.replace('_', '-')} {saved.get(name)} -> {settings[name]}"
+                   for name in ("num_shards", "chunk_size") if saved.get(name) != settings[name]]
+        if changed:
+            raise ResumeMismatchError(
+                f"{parsed_dir} holds part files written with other settings ({existing.name}: {', '.join(changed)}). "
+                f"Resuming would lose or repeat captions: rerun with the earlier settings, or use a new output "
+                f"directory."
+            )
+
+
+def _resume_decision(part: Path, sidecar: Path, keys: list[str]) -> bool:
+    """True if the finished part holds exactly ``keys``; False if the input grew past it (re-parse the chunk)."""
+    stats = json.loads(sidecar.read_text())
+    if stats.get("keys_sha256") == _keys_digest(keys):
+        return True
+    done = _part_keys(part)
+    if done == keys:
+        return True
+    if len(done) < len(keys) and keys[: len(done)] == done:
+        logger.info("%s: the input now has %d captions in this chunk (was %d); tagging the chunk again", part.name,
+                    len(keys), len(done))
+        return False
+    first_diff = next((i for i, (a, b) in enumerate(zip(done, keys)) if a != b), min(len(done), len(keys)))
+    raise ResumeMismatchError(
+        f"{part} does not match the input: caption {first_diff} of this chunk was "
+        f"{done[first_diff] if first_diff < len(done) else '(none)'!r}, the input now gives "
+        f"{keys[first_diff] if first_diff < len(keys) else '(none)'!r}. The input changed: use a new output directory."
+    )
 
 
 def _tag_chunk(chunk: list[CaptionRecord], parser: TagParser, max_chars: int) -> tuple[list[dict], Counter]:
@@ -133,28 +171,38 @@ def parse_captions(
     resumed = 0
     start = time.monotonic()
     last_log = start
+    settings = {"num_shards": num_shards, "shard_id": shard_id, "chunk_size": chunk_size}
+    _check_settings(parsed_dir, settings)
+    settings_file = parsed_dir / f"settings-{shard_id:05d}.json"
+    if not settings_file.exists():
+        _atomic_write(settings_file, json.dumps(settings))
+    index = -1
     for index, chunk in enumerate(_chunks(_shard_records(files, num_shards, shard_id, report), chunk_size)):
         part = parsed_dir / f"part-{shard_id:05d}-{index:06d}.jsonl"
         sidecar = part.with_suffix(".stats.json")
-        if part.exists() and sidecar.exists():
-            if _first_key(part) != chunk[0].key:
-                raise ResumeMismatchError(
-                    f"{part} starts with key {_first_key(part)!r} but the input now gives {chunk[0].key!r} at this "
-                    f"position: the input or --num-shards/--chunk-size changed. Use a new output directory."
-                )
-            totals.update(json.loads(sidecar.read_text()))
+        keys = [record.key for record in chunk]
+        if part.exists() and sidecar.exists() and _resume_decision(part, sidecar, keys):
+            totals.update({k: v for k, v in json.loads(sidecar.read_text()).items() if isinstance(v, int)})
             resumed += 1
             continue
         rows, stats = _tag_chunk(chunk, parser, max_chars)
+        stats = {**stats, "keys_sha256": _keys_digest(keys)}
         _atomic_write(sidecar, json.dumps(dict(stats)))
         _atomic_write(part, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        totals.update(stats)
+        totals.update({k: v for k, v in stats.items() if isinstance(v, int)})
         now = time.monotonic()
         if progress and (now - last_log > 10 or index == 0):
             last_log = now
             done = totals["captions"]
             logger.info("shard %d/%d: %d captions tagged (%d ok, %d failed), %.0f captions/s", shard_id, num_shards,
                         done, totals["ok"], totals["failed"], done / max(now - start, 1e-9))
+    leftover = sorted(p.name for p in parsed_dir.glob(f"part-{shard_id:05d}-*.jsonl")
+                      if int(p.stem.rsplit("-", 1)[1]) > index)
+    if leftover:
+        raise ResumeMismatchError(
+            f"{parsed_dir}: {', '.join(leftover[:3])} hold captions the input no longer has (it has {index + 1} "
+            f"chunks for shard {shard_id}). The input shrank or changed: use a new output directory."
+        )
     summary = {
         "shard_id": shard_id,
         "num_shards": num_shards,

@@ -50,14 +50,21 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8", errors="replace"), True
 
 
+def _img2dataset_shards(folder: Path) -> list[Path]:
+    """One file per shard: its ``.parquet`` (captions without image bytes) where present, else its ``.tar``."""
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.tar")) + sorted(folder.glob("*.parquet")):
+        by_stem[path.stem] = path  # a parquet, listed last, replaces its shard's tar
+    return [by_stem[stem] for stem in sorted(by_stem)]
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Input files in a deterministic order; an img2dataset directory expands to its parquet (or tar) shards."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            parquet = sorted(path.glob("*.parquet"))
-            shards = parquet or sorted(path.glob("*.tar"))
+            shards = _img2dataset_shards(path)
             if not shards:
                 raise FileNotFoundError(f"{path}: no img2dataset shards (*.parquet or *.tar) in this directory")
             files.extend(shards)

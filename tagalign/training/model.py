@@ -18,6 +18,23 @@ logger = logging.getLogger(__name__)
 __all__ = ["TagAlignTrainModel"]
 
 
+def _check_frequency_vocab(tag_frequency: str, vocab_hash: str | None, tag_embeddings: str) -> None:
+    """``tag_frequency.npy`` is written beside its ``labels.sqlite``: both must come from the embeddings' vocabulary."""
+    from pathlib import Path
+
+    from ..tags.labels import LabelStore
+
+    labels = Path(tag_frequency).with_name("labels.sqlite")
+    if vocab_hash and labels.is_file():
+        store_hash = LabelStore(labels).vocab_hash
+        if store_hash != vocab_hash:
+            raise ValueError(
+                f"{tag_frequency} (and {labels}) come from vocabulary {store_hash}, but {tag_embeddings} was "
+                f"embedded from vocabulary {vocab_hash}: tag i would mean different tags. Rerun "
+                f"`tools/parse_tags.py embed` after the merge that wrote them."
+            )
+
+
 @MODELS.register_module(force=True)
 class TagAlignTrainModel(BaseModel):
     """Args:
@@ -41,8 +58,10 @@ class TagAlignTrainModel(BaseModel):
                 f"{identity.model_name} ({identity.pretrained}, hash {identity.weights_hash}); rerun "
                 f"tools/parse_tags.py embed with the training CLIP"
             )
+        self.vocab_hash = payload.get("vocab_hash")
         loss = dict(loss or {})
         if tag_frequency is not None:
+            _check_frequency_vocab(tag_frequency, self.vocab_hash, tag_embeddings)
             loss["tag_frequency"] = torch.from_numpy(np.load(tag_frequency)).float()
             if len(loss["tag_frequency"]) != len(payload["embeddings"]):
                 raise ValueError(f"{tag_frequency} has {len(loss['tag_frequency'])} tags, "
