@@ -45,6 +45,7 @@ def load(
     model = TagAlign(
         load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu),
         surgery_layers=config.get("surgery_layers", 6),
+        pos_interpolation=config.get("pos_interpolation", "bicubic"),
         projector=config.get("projector"),
     ).to(device)
     if checkpoint is not None:

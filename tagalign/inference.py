@@ -46,14 +46,25 @@ def parse_texts(texts: str | Sequence[str]) -> list[list[str]]:
     classes = [synonyms for synonyms in classes if synonyms]
     if not classes:
         raise ValueError("give at least one text to segment")
+    first_seen: dict[str, int] = {}
+    for index, synonyms in enumerate(classes):
+        for text in synonyms:
+            if text in first_seen and first_seen[text] != index:
+                raise ValueError(f"query '{text}' is given twice (queries {first_seen[text] + 1} and {index + 1}); "
+                                 f"each text may name one class only")
+            first_seen.setdefault(text, index)
     return classes
 
 
 @torch.no_grad()
 def segment(model, image, texts: str | Sequence[str], background: bool = True, slide: bool = True,
             bg_thresh: float = 0.4, clip_w: float = 0.3, short_side: int = 448,
-            templates: Sequence[str] = DEFAULT_TEMPLATES, inference: dict | None = None) -> SegmentationResult:
-    """Zero-shot segmentation of ``image`` (path, PIL image or array) into ``texts`` (see :func:`parse_texts`)."""
+            templates: Sequence[str] = DEFAULT_TEMPLATES, inference: dict | None = None,
+            norm: str = "imagenet") -> SegmentationResult:
+    """Zero-shot segmentation of ``image`` (path, PIL image or array) into ``texts`` (see :func:`parse_texts`).
+
+    ``inference``: further :class:`InferenceConfig` fields (``score``, ``mix``, ``pamr``...); ``norm``: pixel
+    statistics, ``imagenet`` (reference) or ``clip``."""
     classes = parse_texts(texts)
     array = load_image(image)
     flat = [s for synonyms in classes for s in synonyms]
@@ -61,8 +72,13 @@ def segment(model, image, texts: str | Sequence[str], background: bool = True, s
     text_emb = encode_texts(model.clip, flat, templates).to(device)
     config = InferenceConfig(**{"mode": "slide" if slide else "whole", "bg_thresh": bg_thresh, "clip_w": clip_w,
                                 **(inference or {})})
-    probs = predict_probabilities(model, to_tensor(resize_short_side(array, short_side)).to(device), text_emb,
-                                  False, config)
+    resized = resize_short_side(array, short_side)
+    patch = getattr(model, "patch_size", 16)
+    if min(resized.shape[:2]) < patch:
+        raise ValueError(f"the image is {array.shape[0]}x{array.shape[1]} pixels; resized to short side {short_side} "
+                         f"with the long side at most 2048 it is {resized.shape[0]}x{resized.shape[1]}, thinner than "
+                         f"one {patch}-pixel patch of the model")
+    probs = predict_probabilities(model, to_tensor(resized, norm).to(device), text_emb, False, config)
     probs = resize_probs(probs, array.shape[:2])[0]
     per_class, start = [], 0
     for synonyms in classes:  # a class scores the max over its synonyms
@@ -87,9 +103,16 @@ def _vocabulary(model, vocab) -> tuple[list[str], torch.Tensor]:
                              "tools/parse_tags.py embed, or a list of words)")
         return list(model.tag_names), model.tag_embeddings
     if isinstance(vocab, str | os.PathLike):
+        from .models.clip import clip_identity
         from .tags.embed import load_tag_embeddings
 
         payload = load_tag_embeddings(vocab)
+        saved, current = payload["clip"], clip_identity(model.clip)
+        if saved["weights_hash"] != current.weights_hash:
+            raise ValueError(f"{vocab} was embedded with CLIP {saved['model_name']} ({saved['pretrained']}, hash "
+                             f"{saved['weights_hash']}), but the model's CLIP is {current.model_name} "
+                             f"({current.pretrained}, hash {current.weights_hash}): its tag scores would be "
+                             f"meaningless. Run `tools/parse_tags.py embed` with the model's CLIP.")
         return list(payload["tags"]), payload["embeddings"]
     words = [str(w) for w in vocab]
     return words, encode_texts(model.clip, words, ("a photo of a {}.",))

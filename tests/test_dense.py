@@ -32,7 +32,7 @@ def _attention(query, key, value, heads):
     return torch.matmul(weights, v).permute(0, 2, 1, 3).reshape(b, n, c)
 
 
-def _reference_tokens(visual, image, n_deep):
+def _reference_tokens(visual, image, n_deep, pos_mode="bicubic"):
     """Spec §1: shared trunk, then dual path in the last n_deep blocks; CLS from the original path."""
     b = image.shape[0]
     w_conv = visual.conv1.weight
@@ -47,7 +47,7 @@ def _reference_tokens(visual, image, n_deep):
     g = int(round(math.sqrt(pos.shape[0] - 1)))
     if (h, w) != (g, g):
         grid = pos[1:].reshape(g, g, c).permute(2, 0, 1)[None]
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)[0]
+        grid = F.interpolate(grid, size=(h, w), mode=pos_mode, align_corners=False)[0]
         pos = torch.cat([pos[:1], grid.permute(1, 2, 0).reshape(h * w, c)], dim=0)
     x = _layer_norm(x + pos, visual.ln_pre)
 
@@ -163,3 +163,15 @@ def test_invalid_depth_is_rejected(tiny_clip):
 
     with pytest.raises(ValueError, match="surgery depth must be in 1..8"):
         TagAlign(tiny_clip, surgery_layers=9)
+
+
+def test_bilinear_positional_resize_is_an_option(tiny_clip):
+    """CLIP Surgery's own code resizes the positional table bilinearly (spec §7.18); TagAlign's is bicubic."""
+    torch.manual_seed(8)
+    image = torch.randn(1, 3, 320, 288)
+    with torch.no_grad():
+        bilinear = surgery_tokens(tiny_clip.visual, image, depth=6, pos_mode="bilinear")
+        ref = _reference_tokens(tiny_clip.visual, image, n_deep=6, pos_mode="bilinear")
+        bicubic = surgery_tokens(tiny_clip.visual, image, depth=6)
+    assert (bilinear - ref).abs().max().item() <= 1e-5
+    assert (bilinear - bicubic).abs().max().item() > 1e-3

@@ -118,3 +118,50 @@ def test_non_checkpoint_file_is_rejected(model, tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointMismatchError, match="not a tagalign checkpoint"):
         load_checkpoint(model, path)
+
+
+def test_scoring_options_of_reference_spec_7(model):
+    """Paper-vs-code options, each against its formula written out here (spec §7.3, §7.4; CLIP Surgery §6.2)."""
+    _randomise_projector(model)
+    torch.manual_seed(9)
+    images, texts = torch.randn(1, 3, 224, 192), torch.randn(5, 64)
+    with torch.no_grad():
+        tokens = surgery_tokens(model.clip.visual, images, 6)
+        patches = tokens[:, 1:].transpose(1, 2).reshape(1, 64, 14, 12)
+        visual = model.clip.visual
+        ours = model.projector(patches)
+        frozen = (visual.ln_post(patches.permute(0, 2, 3, 1)) @ visual.proj).permute(0, 3, 1, 2)
+        cls = F.normalize(visual.ln_post(tokens[:, 0]) @ visual.proj, dim=-1)
+    t = F.normalize(texts, dim=-1)
+
+    def cos(f):
+        return torch.einsum("bchw,nc->bnhw", F.normalize(f, dim=1), t)
+
+    def up(x):
+        return F.interpolate(x, size=(224, 192), mode="bilinear")
+
+    softmax = model.masks(images, texts, clip_w=0.0, score="softmax")
+    assert torch.allclose(softmax, up(torch.softmax(10 * cos(ours), dim=1)), atol=1e-6)
+    mixed = model.masks(images, texts, mix="similarities")
+    assert torch.allclose(mixed, up(torch.sigmoid(10 * (0.7 * cos(ours) + 0.3 * cos(frozen)) - 2.5)), atol=1e-6)
+
+    def surgery(similarity):  # per class c: w_c * s_c - (1/C) sum_c' w_c' * s_c'
+        w = torch.softmax(2 * (cls @ t.t()), dim=1)[0]
+        w = w / w.mean()
+        weighted = [w[c] * similarity[:, c] for c in range(5)]
+        return torch.stack([weighted[c] - sum(weighted) / 5 for c in range(5)], dim=1)
+
+    surgical = model.masks(images, texts, clip_w=0.0, feature_surgery=True)
+    assert torch.allclose(surgical, up(torch.sigmoid(10 * surgery(cos(ours)) - 2.5)), atol=1e-6)
+    assert not torch.allclose(surgical, model.masks(images, texts, clip_w=0.0), atol=1e-3)
+
+
+def test_one_shared_temperature_is_an_option(tiny_clip):
+    shared = TagAlign(tiny_clip, tag_embeddings=torch.randn(6, 64), loss={"shared_temperature": True})
+    assert shared.tag_loss.temperature is shared.itc_loss.temperature
+    two = TagAlign(tiny_clip, tag_embeddings=torch.randn(6, 64))
+    count = sum(p.numel() for p in shared.parameters() if p.requires_grad)
+    assert count == sum(p.numel() for p in two.parameters() if p.requires_grad) - 1
+    losses = shared.loss(torch.randn(2, 3, 224, 224), get_tokenizer(tiny_clip)(["a", "b"]), [[0], [1, 2]])
+    (losses["loss_itc"] + losses["loss_tag"]).backward()
+    assert shared.itc_loss.temperature.logit_scale.grad.abs() > 0

@@ -140,3 +140,24 @@ def test_label_store_round_trip(world):
     store = LabelStore(root / "labels.sqlite")
     assert len(store) == 48 and store.get(keys[5]) == labels[keys[5]] and store.get("nope") is None
     assert json.loads(json.dumps(store.get(keys[0]))) == labels[keys[0]]
+
+
+def test_cjk_captions_are_kept_by_default_or_skipped_and_counted(tmp_path):
+    """The reference drops CJK captions (and then mislabels, bug B3); here it is an option, off by default."""
+    rng = np.random.default_rng(4)
+    captions = ["a red square", "一只猫 a cat", "a blue circle"]
+    keys = write_img2dataset_shards(tmp_path / "shards", [(render_scene(rng, size=(32, 32)).image, c)
+                                                          for c in captions], per_shard=8)
+    write_labels(tmp_path / "labels.sqlite", [(k, [i]) for i, k in enumerate(keys)], num_tags=3, vocab_hash="t")
+
+    def first_epoch(**kwargs):
+        dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=_to_tensor,
+                                  shuffle_buffer=0, world_size=1, rank=0, **kwargs)
+        return _take(dataset, 2 if kwargs.get("skip_cjk") else 3)
+
+    kept = first_epoch()
+    assert [(s["key"], s["tag_ids"], s["text"]) for s in kept] == [(k, [i], c) for i, (k, c) in
+                                                                   enumerate(zip(keys, captions))]
+    skipped = first_epoch(skip_cjk=True)
+    assert [(s["key"], s["tag_ids"]) for s in skipped] == [(keys[0], [0]), (keys[2], [2])]
+    assert collate_tag_batch(skipped)["skipped_cjk"] == 1

@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import tagalign  # noqa: E402
 from tagalign.data.synthetic import render_scene  # noqa: E402
 from tagalign.data.transforms import load_image  # noqa: E402
+from tagalign.inference import parse_texts  # noqa: E402
 from tagalign.models import TagAlign  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
 
@@ -90,13 +91,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     options = dict(background=not args.no_background, slide=not args.whole, bg_thresh=args.bg_thresh,
                    short_side=args.short_side)
+    parse_texts(args.texts)  # duplicate or empty queries: stop before any image
+    failed = []
     for name, source in tqdm(images, desc="images", disable=len(images) == 1):
         try:
             array = load_image(source)
+            result = tagalign.segment(model, array, args.texts, **options)
         except ValueError as err:
-            print(f"skipping: {err}")
+            print(f"skipping {source}: {err}")
+            failed.append(name)
             continue
-        result = tagalign.segment(model, array, args.texts, **options)
         rows, maps = ["TagAlign"], [result.probabilities]
         if baseline is not None:
             rows.append("CLIP surgery (untrained)")
@@ -108,7 +112,9 @@ def main() -> None:
         if args.tags:
             tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab)
             print("  tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
-    print(f"wrote overlays and heatmaps to {out}")
+    print(f"wrote overlays and heatmaps of {len(images) - len(failed)} image(s) to {out}")
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(images)} image(s) could not be segmented: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

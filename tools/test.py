@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tagalign.segmentation.benchmarks import BENCHMARKS, EXTRA_BENCHMARKS  # noqa: E402
-from tagalign.segmentation.evaluate import evaluate, format_table, write_json  # noqa: E402
+from tagalign.segmentation.benchmarks import BENCHMARKS, EXTRA_BENCHMARKS, MissingDatasetError  # noqa: E402
+from tagalign.segmentation.evaluate import evaluate_many, format_table, write_json  # noqa: E402
 from tagalign.segmentation.referring import REFERRING  # noqa: E402
 
 
@@ -43,12 +43,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bg-thresh", type=float, default=0.4)
     parser.add_argument("--clip-w", type=float, default=0.3)
     parser.add_argument("--pamr", action="store_true", help="PAMR post-processing (the paper's 'Post' rows)")
+    parser.add_argument("--score", choices=["sigmoid", "softmax"], default="sigmoid",
+                        help="sigmoid(10*cos - 2.5) per class (reference code) or softmax(10*cos) over classes "
+                             "(paper Eq. 8)")
+    parser.add_argument("--mix", choices=["probabilities", "similarities"], default="probabilities",
+                        help="mix the CLIP branch's probabilities (reference code) or its cosines (paper Eq. 7)")
+    parser.add_argument("--feature-surgery", action="store_true",
+                        help="CLIP Surgery's label-set feature surgery on the cosine maps (not in TagAlign)")
+    parser.add_argument("--norm", choices=["imagenet", "clip"], default="imagenet",
+                        help="pixel mean/std: ImageNet's (reference) or CLIP's")
     parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
     parser.add_argument("--save-preds", help="write predicted label maps as PNG files under DIR/<dataset>/")
     parser.add_argument("--work-dir", default="work_dirs/test")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
     return parser.parse_args()
+
+
+def _inference_options(args) -> dict:
+    return dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision, bg_thresh=args.bg_thresh,
+                clip_w=args.clip_w, pamr=args.pamr, score=args.score, mix=args.mix,
+                feature_surgery=args.feature_surgery)
 
 
 def run_referring(args) -> None:
@@ -59,8 +74,7 @@ def run_referring(args) -> None:
 
     root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
-    inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
-                     bg_thresh=args.bg_thresh, clip_w=args.clip_w, pamr=args.pamr)
+    inference = _inference_options(args)
     result = evaluate_referring(model, root, args.dataset, args.split or "val", args.binarize, args.templates,
                                 inference)
     print(format_referring_table([result]))
@@ -75,26 +89,16 @@ def main() -> None:
         run_referring(args)
         return
     keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
-    inference = dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision,
-                     bg_thresh=args.bg_thresh, clip_w=args.clip_w, pamr=args.pamr)
-    results = {}
-    for key in keys:
-        results[key] = evaluate(
-            key,
-            data_root=args.data_root,
-            checkpoint=args.checkpoint,
-            clip=args.clip,
-            pretrained=args.pretrained,
-            inference=inference,
-            save_preds=Path(args.save_preds) / key if args.save_preds else None,
-            work_dir=Path(args.work_dir) / key,
-            launcher=args.launcher,
-            cfg_options=args.cfg_options,
-        )
-        print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
+    inference = _inference_options(args)
+    try:
+        results = evaluate_many(keys, out=args.out, save_preds=args.save_preds, work_dir=args.work_dir,
+                                data_root=args.data_root, checkpoint=args.checkpoint, clip=args.clip,
+                                pretrained=args.pretrained, inference=inference, launcher=args.launcher,
+                                cfg_options=args.cfg_options, norm=args.norm)
+    except MissingDatasetError as err:
+        sys.exit(f"Not starting: {err}")
     print(format_table(results))
     if args.out:
-        write_json(results, args.out)
         print(f"wrote {args.out}")
 
 

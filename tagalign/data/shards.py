@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tags.labels import LabelStore
+from ..tags.parse import CJK_CHARACTERS
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class TagShardDataset(IterableDataset):
         max_consecutive_skips: stop with an error after this many skipped samples in a row (never hang).
         max_unlabelled_fraction: stop with an error when more than this fraction of the samples seen (after the
             first 200) has no label: a wrong ``label_key`` or labels from other data.
+        skip_cjk: drop samples whose caption holds CJK characters (counted as ``skipped_cjk``), as the reference's
+            loader does (spec §2; it then gave the next row's image the dropped row's tags, bug B3, which cannot
+            happen here). Off by default: open_clip's tokenizer handles them, and the tags stay the sample's own.
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class TagShardDataset(IterableDataset):
         rank: int | None = None,
         max_consecutive_skips: int = 10_000,
         max_unlabelled_fraction: float = 0.5,
+        skip_cjk: bool = False,
     ):
         super().__init__()
         if label_key not in ("key", "url"):
@@ -168,6 +173,7 @@ class TagShardDataset(IterableDataset):
         self.world_size, self.rank = world_size, rank
         self.max_consecutive_skips = max_consecutive_skips
         self.max_unlabelled_fraction = max_unlabelled_fraction
+        self.skip_cjk = skip_cjk
         self._probe()
         self.batch_size = 1  # set by the loader builder; needed to turn batches into samples for resuming
         self.skip_batches = 0  # global batches already consumed (set on resume)
@@ -282,7 +288,7 @@ class TagShardDataset(IterableDataset):
         streams = self.world_size * num_workers
         to_skip = self._samples_to_skip(logical, num_workers)
         produced = 0
-        corrupt = unlabelled = corrupt_logged = 0
+        corrupt = unlabelled = cjk = corrupt_logged = 0
         seen = seen_unlabelled = seen_corrupt = in_a_row = 0
         epoch, produced_in_epoch = 0, 0
         for raw in self._stream_raw(stream, streams):
@@ -305,6 +311,9 @@ class TagShardDataset(IterableDataset):
                 seen_unlabelled += 1
                 continue
             if self.drop_empty and not tag_ids:
+                continue
+            if self.skip_cjk and CJK_CHARACTERS.search(raw["txt"]):
+                cjk += produced >= to_skip
                 continue
             reason = _undecodable(raw["image"])
             if reason is not None:
@@ -329,8 +338,8 @@ class TagShardDataset(IterableDataset):
                 logger.debug("skipping sample %s: undecodable image (%s)", raw["key"], err)
                 continue
             produced += 1
-            sample.update(tag_ids=tag_ids, skipped_corrupt=corrupt, skipped_unlabelled=unlabelled)
-            corrupt = unlabelled = 0
+            sample.update(tag_ids=tag_ids, skipped_corrupt=corrupt, skipped_unlabelled=unlabelled, skipped_cjk=cjk)
+            corrupt = unlabelled = cjk = 0
             yield sample
 
 
@@ -342,6 +351,7 @@ def collate_tag_batch(samples: Sequence[dict]) -> dict:
         "keys": [s["key"] for s in samples],
         "skipped_corrupt": sum(s["skipped_corrupt"] for s in samples),
         "skipped_unlabelled": sum(s["skipped_unlabelled"] for s in samples),
+        "skipped_cjk": sum(s.get("skipped_cjk", 0) for s in samples),
     }
     texts = [s["text"] for s in samples]
     batch["text_tokens"] = torch.stack(texts) if torch.is_tensor(texts[0]) else texts

@@ -11,6 +11,17 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Pixel normalisation (mean, std) on a 0-1 scale: the reference uses ImageNet's in training and evaluation
+#: (spec §7.11); "clip" is what open_clip's own preprocessing uses.
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got '{name}'")
+    return NORMALIZATIONS[name]
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
@@ -23,6 +34,9 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
     try:
         with Image.open(image) as pil:
             return np.asarray(pil.convert("RGB"))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"refusing image '{image}': {err} Downscale it first (or raise PIL.Image.MAX_IMAGE_PIXELS "
+                         f"if you trust it).") from err
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image '{image}': {err}") from err
 
@@ -38,11 +52,13 @@ def resize_short_side(image: np.ndarray, short: int = 448, long_max: int = 2048)
     return mmcv.imresize(image, size, interpolation="bilinear")
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``[1, 3, H, W]`` float tensor, ImageNet-normalised as mmseg's SegDataPreProcessor does it."""
+def to_tensor(image: np.ndarray, norm: str = "imagenet") -> torch.Tensor:
+    """``[1, 3, H, W]`` float tensor, normalised (ImageNet's statistics by default) as mmseg's SegDataPreProcessor
+    does it."""
+    means, stds = normalization(norm)
     tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
-    mean = torch.tensor([255 * m for m in IMAGENET_MEAN]).view(3, 1, 1)
-    std = torch.tensor([255 * s for s in IMAGENET_STD]).view(3, 1, 1)
+    mean = torch.tensor([255 * m for m in means]).view(3, 1, 1)
+    std = torch.tensor([255 * s for s in stds]).view(3, 1, 1)
     return ((tensor - mean) / std).unsqueeze(0)
 
 
@@ -51,17 +67,18 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
 
 
-def train_transform(size: int = 224, deit_aug: bool = True, scale: tuple[float, float] = (0.08, 1.0)):
+def train_transform(size: int = 224, deit_aug: bool = True, scale: tuple[float, float] = (0.08, 1.0),
+                    norm: str = "imagenet"):
     """The reference's training augmentation: timm's DeiT recipe (RandomResizedCrop 0.08-1, flip,
     RandAugment rand-m9-mstd0.5-inc1, RandomErasing 0.25 pixel mode), ImageNet mean/std. timm skips colour jitter
     when auto-augment is on, as in the reference. ``deit_aug=False``: resize + centre crop only."""
     from timm.data import create_transform
 
+    mean, std = normalization(norm)
     if not deit_aug:
-        return create_transform(size, is_training=False, interpolation="bicubic", mean=IMAGENET_MEAN,
-                                std=IMAGENET_STD, crop_pct=1.0)
+        return create_transform(size, is_training=False, interpolation="bicubic", mean=mean, std=std, crop_pct=1.0)
     return create_transform(
         size, is_training=True, scale=scale, ratio=(3 / 4, 4 / 3), hflip=0.5, color_jitter=0.4,
         auto_augment="rand-m9-mstd0.5-inc1", interpolation="bilinear", re_prob=0.25, re_mode="pixel", re_count=1,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=mean, std=std,
     )

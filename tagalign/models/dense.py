@@ -12,20 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["interpolate_pos_embed", "surgery_patch_tokens", "surgery_tokens", "validate_surgery_depth"]
+__all__ = ["POS_INTERPOLATIONS", "interpolate_pos_embed", "surgery_patch_tokens", "surgery_tokens",
+           "validate_surgery_depth"]
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], source_grid: tuple[int, int]) -> torch.Tensor:
+POS_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], source_grid: tuple[int, int],
+                          mode: str = "bicubic") -> torch.Tensor:
     """Resize a learnt ``[1 + gh*gw, C]`` positional table to a ``grid = (h, w)`` token grid.
 
-    Bicubic, ``align_corners=False``, CLS row kept as is, row-major flattening; the parameter is not modified.
+    ``mode``: bicubic (TCL/TagAlign, the default) or bilinear (CLIP Surgery's own code); ``align_corners=False``,
+    CLS row kept as is, row-major flattening; the parameter is not modified.
     """
+    if mode not in POS_INTERPOLATIONS:
+        raise ValueError(f"positional interpolation must be one of {POS_INTERPOLATIONS}, got '{mode}'")
     if tuple(grid) == tuple(source_grid):
         return pos_embed
     cls_row, table = pos_embed[:1], pos_embed[1:]
     channels = table.shape[-1]
     table = table.reshape(1, source_grid[0], source_grid[1], channels).permute(0, 3, 1, 2)
-    table = F.interpolate(table.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+    table = F.interpolate(table.float(), size=tuple(grid), mode=mode, align_corners=False)
     table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], channels).to(pos_embed.dtype)
     return torch.cat([cls_row, table], dim=0)
 
@@ -43,14 +51,14 @@ def validate_surgery_depth(visual: nn.Module, depth: int) -> None:
             raise TypeError(f"block {index}: surgery needs a fused-qkv attention with in_proj_weight and out_proj")
 
 
-def _embed(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def _embed(visual: nn.Module, images: torch.Tensor, pos_mode: str = "bicubic") -> tuple[torch.Tensor, tuple[int, int]]:
     """Patch embedding + CLS + (interpolated) positional embedding + ln_pre -> ``[B, 1+h*w, C]``."""
     x = visual.conv1(images)
     batch, channels, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(batch, 1, channels)
     x = torch.cat([cls, x], dim=1)
-    x = x + interpolate_pos_embed(visual.positional_embedding, (h, w), tuple(visual.grid_size)).to(x.dtype)
+    x = x + interpolate_pos_embed(visual.positional_embedding, (h, w), tuple(visual.grid_size), pos_mode).to(x.dtype)
     return visual.ln_pre(x), (h, w)
 
 
@@ -105,8 +113,8 @@ def _plain_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.
     return block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
 
 
-def _surgery(visual: nn.Module, images: torch.Tensor, depth: int, with_cls: bool) -> torch.Tensor:
-    x, _ = _embed(visual, images)
+def _surgery(visual: nn.Module, images: torch.Tensor, depth: int, with_cls: bool, pos_mode: str) -> torch.Tensor:
+    x, _ = _embed(visual, images, pos_mode)
     blocks = visual.transformer.resblocks
     batch_first = getattr(visual.transformer, "batch_first", True)
     trunk = len(blocks) - depth
@@ -127,14 +135,15 @@ def _surgery(visual: nn.Module, images: torch.Tensor, depth: int, with_cls: bool
     return torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)
 
 
-def surgery_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
+def surgery_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6, pos_mode: str = "bicubic") -> torch.Tensor:
     """Surgery tokens ``[B, 1 + h*w, width]`` before ``ln_post``; any input size (``h = H // patch``)."""
-    return _surgery(visual, images, depth, with_cls=True)
+    return _surgery(visual, images, depth, with_cls=True, pos_mode=pos_mode)
 
 
-def surgery_patch_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
+def surgery_patch_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6,
+                         pos_mode: str = "bicubic") -> torch.Tensor:
     """The patch tokens of :func:`surgery_tokens`, ``[B, h*w, width]``, without computing the CLS token.
 
     Skips the original path's last attention and MLP, which only the CLS token reads (~7% of a ViT-B/16 forward).
     """
-    return _surgery(visual, images, depth, with_cls=False)
+    return _surgery(visual, images, depth, with_cls=False, pos_mode=pos_mode)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import ClipIdentity, clip_identity
-from .dense import surgery_patch_tokens, surgery_tokens, validate_surgery_depth
+from .dense import POS_INTERPOLATIONS, surgery_patch_tokens, surgery_tokens, validate_surgery_depth
 from .losses import ImageTextContrastiveLoss, TagClassificationLoss
 from .projector import build_projector
 
@@ -29,6 +29,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointMismatchError",
     "TagAlign",
+    "label_set_feature_surgery",
     "load_checkpoint",
     "multi_hot",
     "read_checkpoint",
@@ -38,7 +39,10 @@ __all__ = [
 CHECKPOINT_FORMAT = "tagalign-checkpoint/1"
 _TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.")
 _ACTIVATION_NAMES = {"quick_gelu": "QuickGELU", "gelu": "GELU (nn.GELU)", None: "an unrecorded activation"}
-_LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8}
+_LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8,
+                  "shared_temperature": False}
+SCORES = ("sigmoid", "softmax")
+MIXES = ("probabilities", "similarities")
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -86,9 +90,13 @@ class TagAlign(nn.Module):
         tag_embeddings: ``[T, D]`` text embeddings of the tag vocabulary (needed for the tag loss only).
         surgery_layers: how many final ViT blocks get the v-v surgery path (reference: 6).
         projector: projector config dict (see :func:`build_projector`) or a module.
-        loss: ``{"tag_mode", "itc_weight", "tag_weight", "prob_clamp", "tag_frequency", ...}``; extra keys go to
-            :class:`TagClassificationLoss`. A weight of 0 skips that loss entirely.
+        loss: ``{"tag_mode", "itc_weight", "tag_weight", "prob_clamp", "tag_frequency", "shared_temperature",
+            ...}``; extra keys go to :class:`TagClassificationLoss`. A weight of 0 skips that loss entirely.
+            ``shared_temperature=True`` gives both losses one learnable temperature (the paper's single tau, Eq. 1);
+            the reference code has two.
         tag_names: the tag vocabulary, used for the vocabulary hash stored in checkpoints.
+        pos_interpolation: how the positional table is resized for other input sizes: ``bicubic`` (TCL/TagAlign,
+            reference) or ``bilinear`` (CLIP Surgery's own code).
     """
 
     def __init__(
@@ -99,9 +107,13 @@ class TagAlign(nn.Module):
         projector: dict | nn.Module | None = None,
         loss: dict | None = None,
         tag_names: Sequence[str] | None = None,
+        pos_interpolation: str = "bicubic",
     ):
         super().__init__()
         validate_surgery_depth(clip_model.visual, surgery_layers)
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got '{pos_interpolation}'")
+        self.pos_interpolation = pos_interpolation
         self.clip = clip_model.eval().requires_grad_(False)
         self.surgery_layers = surgery_layers
         self.projector = build_projector(
@@ -112,10 +124,13 @@ class TagAlign(nn.Module):
         self.itc_weight = float(loss_cfg.pop("itc_weight"))
         self.tag_weight = float(loss_cfg.pop("tag_weight"))
         self.itc_loss = ImageTextContrastiveLoss()
+        shared_temperature = bool(loss_cfg.pop("shared_temperature"))
         self.tag_loss = TagClassificationLoss(mode=loss_cfg.pop("tag_mode"), tag_frequency=tag_frequency, **loss_cfg)
+        if shared_temperature:
+            self.tag_loss.temperature = self.itc_loss.temperature  # one parameter, as the paper's single tau
         # A loss weighted 0 is never computed: its temperature would get no gradient, which DDP rejects.
-        self.itc_loss.requires_grad_(bool(self.itc_weight))
-        self.tag_loss.requires_grad_(bool(self.tag_weight))
+        self.itc_loss.requires_grad_(bool(self.itc_weight) or (shared_temperature and bool(self.tag_weight)))
+        self.tag_loss.requires_grad_(bool(self.tag_weight) or (shared_temperature and bool(self.itc_weight)))
         if tag_embeddings is not None:
             tag_embeddings = torch.as_tensor(tag_embeddings, dtype=torch.float32)
             embed_dim = self.clip.visual.output_dim
@@ -128,6 +143,7 @@ class TagAlign(nn.Module):
         self.tag_names = list(tag_names) if tag_names is not None else None
         self.config = _plain({
             "surgery_layers": surgery_layers,
+            "pos_interpolation": pos_interpolation,
             "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),
             "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
         })
@@ -160,12 +176,13 @@ class TagAlign(nn.Module):
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen surgery tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient."""
-        return surgery_tokens(self.clip.visual, images, self.surgery_layers)
+        return surgery_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
 
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen surgery patch tokens as a map ``[B, width, h, w]`` (before ln_post); the CLS is not computed."""
-        return self.token_map(surgery_patch_tokens(self.clip.visual, images, self.surgery_layers), images)
+        tokens = surgery_patch_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
+        return self.token_map(tokens, images)
 
     def token_map(self, patch_tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``[B, h*w, C]`` of ``images`` as a map ``[B, C, h, w]``."""
@@ -195,22 +212,43 @@ class TagAlign(nn.Module):
         scale: float = 10.0,
         bias: float = -2.5,
         size: tuple[int, int] | None = None,
+        score: str = "sigmoid",
+        mix: str = "probabilities",
+        feature_surgery: bool = False,
     ) -> torch.Tensor:
-        """Per-text probabilities ``[B, N, H, W]`` for one crop (reference spec §6.1).
+        """Per-text scores ``[B, N, H, W]`` for one crop (reference spec §6.1), bilinearly upsampled to the input size
+        (or to ``size``).
 
-        ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP branch by ``clip_w``,
-        then bilinearly upsampled to the input size (or to ``size``).
+        Reference defaults: ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP
+        branch's probabilities by ``clip_w``. Options (spec §7): ``score="softmax"`` is the paper's Eq. 8,
+        ``softmax(scale * cos)`` over the texts; ``mix="similarities"`` mixes the two cosine maps before scoring
+        (paper Eq. 7); ``feature_surgery=True`` applies CLIP Surgery's label-set feature surgery to each cosine map.
         """
-        patches = self.encode_patches(images)
+        if score not in SCORES or mix not in MIXES:
+            raise ValueError(f"score must be one of {SCORES} and mix one of {MIXES}; got '{score}', '{mix}'")
+        if feature_surgery:
+            tokens = self.encode_dense(images)
+            patches = self.token_map(tokens[:, 1:], images)
+            cls = F.normalize(self.clip.visual.ln_post(tokens[:, 0]) @ self.clip.visual.proj, dim=-1)
+        else:
+            patches = self.encode_patches(images)
         texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
 
-        def probabilities(features: torch.Tensor) -> torch.Tensor:
-            cosine = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
-            return torch.sigmoid(scale * cosine + bias)
+        def cosine(features: torch.Tensor) -> torch.Tensor:
+            similarity = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
+            return label_set_feature_surgery(similarity, cls.float() @ texts.t()) if feature_surgery else similarity
 
-        probs = probabilities(self.projector(patches))
-        if clip_w > 0:
-            probs = (1 - clip_w) * probs + clip_w * probabilities(self._clip_projection(patches))
+        def activate(similarity: torch.Tensor) -> torch.Tensor:
+            logits = scale * similarity
+            return torch.sigmoid(logits + bias) if score == "sigmoid" else logits.softmax(dim=1)
+
+        projected = cosine(self.projector(patches))
+        if clip_w <= 0:
+            probs = activate(projected)
+        elif mix == "similarities":
+            probs = activate((1 - clip_w) * projected + clip_w * cosine(self._clip_projection(patches)))
+        else:
+            probs = (1 - clip_w) * activate(projected) + clip_w * activate(cosine(self._clip_projection(patches)))
         return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------ training objective
@@ -245,6 +283,18 @@ class TagAlign(nn.Module):
         return losses
 
 
+def label_set_feature_surgery(similarity: torch.Tensor, cls_similarity: torch.Tensor) -> torch.Tensor:
+    """CLIP Surgery's feature surgery over a label set (its ``clip_feature_surgery``, training-free spec §6.2).
+
+    ``similarity`` ``[B, N, h, w]``: cosines of each patch with each text; ``cls_similarity`` ``[B, N]``: those of
+    the CLS token. ``w = softmax_c(2 * cls)``, ``w /= mean_c(w)``, then ``w_c * sim_c - mean_c'(w_c' * sim_c')``.
+    """
+    weights = (2 * cls_similarity).softmax(dim=1)
+    weights = (weights / weights.mean(dim=1, keepdim=True))[:, :, None, None]
+    weighted = weights * similarity
+    return weighted - weighted.mean(dim=1, keepdim=True)
+
+
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(model: TagAlign, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write the trainable state, config, CLIP identity and tag-vocabulary hash atomically to ``path``."""
@@ -265,7 +315,15 @@ def save_checkpoint(model: TagAlign, path: str | os.PathLike, extra: dict | None
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, checking its format."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch/pickle raise many kinds for a file that is not a torch checkpoint
+        raise CheckpointMismatchError(
+            f"{path} is not a tagalign checkpoint: torch cannot read it ({type(err).__name__}: {err}). Expected a "
+            f"file written by tools/train.py (WORK_DIR/tagalign_latest.pth or tagalign_iter_N.pth)."
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(f"{path} is not a tagalign checkpoint (expected format {CHECKPOINT_FORMAT})")
     return payload

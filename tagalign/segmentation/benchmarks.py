@@ -5,9 +5,12 @@ Data layout and preparation for every key: docs/datasets.md (anchors are the key
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "BenchmarkSpec", "MissingDatasetError", "resolve_data_root"]
 
@@ -76,20 +79,32 @@ class MissingDatasetError(FileNotFoundError):
     """A benchmark's files are not where they were expected."""
 
 
+def _missing(spec: BenchmarkSpec, root: Path) -> list[str]:
+    expected = [root / spec.img_path, root / spec.seg_map_path] + ([root / spec.ann_file] if spec.ann_file else [])
+    return [str(p) for p in expected if not p.exists()]
+
+
 def resolve_data_root(spec: BenchmarkSpec, data_root: str | os.PathLike | None) -> Path:
-    """The dataset root: ``$TAGALIGN_DATA_<KEY>``, else ``<data_root or $TAGALIGN_DATA or ./data>/<subdir>``.
+    """The dataset root: ``$TAGALIGN_DATA_<KEY>``, else ``<data_root or $TAGALIGN_DATA or ./data>/<subdir>``, or
+    ``data_root`` itself when it is the dataset's own root (mmseg's convention, e.g. ``data/VOCdevkit/VOC2012``).
 
     Raises :class:`MissingDatasetError` naming the expected paths and the documentation section.
     """
     if os.environ.get(spec.env_var):
-        root = Path(os.environ[spec.env_var])
+        candidates = [Path(os.environ[spec.env_var])]
     else:
-        root = Path(data_root or os.environ.get("TAGALIGN_DATA", "data")) / spec.subdir
-    expected = [root / spec.img_path, root / spec.seg_map_path] + ([root / spec.ann_file] if spec.ann_file else [])
-    missing = [str(p) for p in expected if not p.exists()]
-    if missing:
+        parent = Path(data_root or os.environ.get("TAGALIGN_DATA", "data"))
+        candidates = [parent / spec.subdir, parent]
+    root = next((c for c in candidates if not _missing(spec, c)), None)
+    if root is None:
+        root = candidates[0]
         raise MissingDatasetError(
-            f"dataset '{spec.key}' not found: missing {', '.join(missing)}. Expected the layout of "
-            f"docs/datasets.md#{spec.key} under {root} (set --data-root, or {spec.env_var} for this dataset alone)."
+            f"dataset '{spec.key}' not found: missing {', '.join(_missing(spec, root))}. Expected the layout of "
+            f"docs/datasets.md#{spec.key} under {root}"
+            f"{f' or {candidates[1]}' if len(candidates) > 1 else ''} (set --data-root to the folder holding "
+            f"{spec.subdir} or to {spec.subdir} itself, or {spec.env_var} for this dataset alone)."
         )
+    if spec.ann_file and not any(line.strip() for line in (root / spec.ann_file).read_text().splitlines()):
+        raise MissingDatasetError(f"dataset '{spec.key}': the split file {root / spec.ann_file} lists no image")
+    logger.info("dataset '%s': using %s", spec.key, root)
     return root

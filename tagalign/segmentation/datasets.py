@@ -18,6 +18,7 @@ from .imagenets_classes import IMAGENETS50, IMAGENETS300, IMAGENETS919
 
 __all__ = [
     "COCOObjectDataset",
+    "CheckSegMap",
     "ImageNetS50Dataset",
     "ImageNetS300Dataset",
     "ImageNetS919Dataset",
@@ -74,6 +75,7 @@ class LoadImageNetSImageFromFile(LoadImageFromFile):
     def transform(self, results: dict) -> dict:
         results = super().transform(results)
         height, width = results["img"].shape[:2]
+        results["file_shape"] = (height, width)  # the ground truth's size; ori_shape may become the downsampled one
         if self.downsample_large_image and height * width > IMAGENETS_MAX_PIXELS:
             size = (int(1000 * width / height), 1000) if height > width else (1000, int(1000 * height / width))
             results["img"] = mmcv.imresize(results["img"], size, interpolation="bilinear")
@@ -92,6 +94,37 @@ class LoadImageNetSAnnotations(BaseTransform):
             rgb = np.asarray(png.convert("RGB"), dtype=np.int64)
         results["gt_seg_map"] = rgb[..., 1] * 256 + rgb[..., 0]
         results.setdefault("seg_fields", []).append("gt_seg_map")
+        return results
+
+
+@TRANSFORMS.register_module(force=True)
+class CheckSegMap(BaseTransform):
+    """Refuse a ground-truth map that does not belong to its image or its dataset, naming the file.
+
+    It must be one channel of class indices, the size of its image (ImageNet-S: the image before its large-image
+    downsampling), with values below ``num_classes`` or equal to ``ignore_index`` (after reduce_zero_label).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def transform(self, results: dict) -> dict:
+        label, path = results["gt_seg_map"], results.get("seg_map_path")
+        image_shape = tuple(results.get("file_shape", results["ori_shape"]))[:2]
+        if label.ndim != 2:
+            raise ValueError(f"{path}: expected a single-channel map of class indices (a P or L mode PNG); got "
+                             f"shape {label.shape}: a colour-coded (RGB) label image? Convert it to class indices "
+                             f"(docs/datasets.md).")
+        if tuple(label.shape) != image_shape:
+            raise ValueError(f"{path}: the label is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+                             f"{results.get('img_path')} is {image_shape[0]}x{image_shape[1]}: a label of another "
+                             f"image, or a transposed one.")
+        values = np.unique(label)
+        bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
+        if len(bad):
+            raise ValueError(f"{path}: label values {bad[:10].tolist()} are neither a class index "
+                             f"(0..{self.num_classes - 1}) nor the ignore index {self.ignore_index}.")
         return results
 
 

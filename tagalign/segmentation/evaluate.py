@@ -12,12 +12,19 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
-from .benchmarks import BENCHMARKS, EXTRA_BENCHMARKS, PAPER_MIOU, WITH_BACKGROUND, resolve_data_root
+from .benchmarks import (
+    BENCHMARKS,
+    EXTRA_BENCHMARKS,
+    PAPER_MIOU,
+    WITH_BACKGROUND,
+    MissingDatasetError,
+    resolve_data_root,
+)
 from .inference import InferenceConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_test_config", "evaluate", "format_table"]
+__all__ = ["build_test_config", "check_datasets", "evaluate", "evaluate_many", "format_table"]
 
 IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
@@ -34,6 +41,7 @@ def build_test_config(
     work_dir: str | os.PathLike = "work_dirs/test",
     launcher: str = "none",
     cfg_options: dict | None = None,
+    norm: str = "imagenet",
 ) -> Config:
     """The mmengine config of one benchmark (spec §6.4): Resize(short 448, long <= 2048) -> slide -> IoU."""
     specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
@@ -56,9 +64,7 @@ def build_test_config(
             clip=clip,
             pretrained=pretrained,
             inference=dict(inference or {}),
-            data_preprocessor=dict(
-                type="SegDataPreProcessor", mean=IMAGENET_MEAN_255, std=IMAGENET_STD_255, bgr_to_rgb=True
-            ),
+            data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(norm)),
         ),
         test_dataloader=dict(
             batch_size=1,
@@ -74,6 +80,7 @@ def build_test_config(
                     dict(type=spec.load_image),
                     dict(type="Resize", scale=(spec.long_side, spec.short_side), keep_ratio=True),
                     dict(type=spec.load_annotations),
+                    dict(type="CheckSegMap", num_classes=len(class_names), ignore_index=spec.ignore_index),
                     dict(type="PackSegInputs"),
                 ],
             ),
@@ -94,6 +101,15 @@ def build_test_config(
     return config
 
 
+def _statistics_255(norm: str) -> dict:
+    if norm == "imagenet":
+        return {"mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
+    from ..data.transforms import normalization
+
+    mean, std = normalization(norm)
+    return {"mean": [255 * m for m in mean], "std": [255 * s for s in std]}
+
+
 def evaluate(key: str, **kwargs) -> dict:
     """Evaluate one benchmark: dataset, mIoU, aAcc, classes, per_class_iou, num_images, inference."""
     config = build_test_config(key, **kwargs)
@@ -109,6 +125,36 @@ def evaluate(key: str, **kwargs) -> dict:
         "num_images": len(runner.test_dataloader.dataset),
         "inference": asdict(InferenceConfig(**(kwargs.get("inference") or {}))),
     }
+
+
+def check_datasets(keys: list[str], data_root: str | os.PathLike | None) -> dict[str, Path]:
+    """Where each requested dataset is; every missing one is named in a single error, before anything starts."""
+    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    roots, problems = {}, []
+    for key in keys:
+        try:
+            roots[key] = resolve_data_root(specs[key], data_root)
+        except MissingDatasetError as err:
+            problems.append(str(err))
+    if problems:
+        raise MissingDatasetError(f"{len(problems)} of {len(keys)} datasets are missing:\n" + "\n".join(problems))
+    return roots
+
+
+def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_preds: str | os.PathLike | None = None,
+                  work_dir: str | os.PathLike = "work_dirs/test", **kwargs) -> dict[str, dict]:
+    """Evaluate several benchmarks after checking they are all present; ``out`` is rewritten after each one, so a
+    failure later loses nothing that finished."""
+    for key, root in check_datasets(keys, kwargs.get("data_root")).items():
+        print(f"{key}: data from {root}")
+    results: dict[str, dict] = {}
+    for key in keys:
+        results[key] = evaluate(key, save_preds=Path(save_preds) / key if save_preds else None,
+                                work_dir=Path(work_dir) / key, **kwargs)
+        print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
+        if out:
+            write_json(results, out)
+    return results
 
 
 def format_table(results: dict[str, dict]) -> str:

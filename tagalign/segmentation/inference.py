@@ -36,12 +36,18 @@ class InferenceConfig:
     pamr_iter: int = 10
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     pamr_stride: int = 4  # PAMR runs at 1/pamr_stride of the window (TCL refines its 1/4-resolution mask)
+    score: str = "sigmoid"  # "softmax": the paper's Eq. 8, softmax(scale * cos) over the classes
+    mix: str = "probabilities"  # "similarities": mix the cosine maps before scoring (paper Eq. 7)
+    feature_surgery: bool = False  # CLIP Surgery's label-set feature surgery on each cosine map (not in TagAlign)
 
     def __post_init__(self) -> None:
         if self.mode not in ("slide", "whole"):
             raise ValueError(f"inference mode must be 'slide' or 'whole', got '{self.mode}'")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got '{self.precision}'")
+        if self.score not in ("sigmoid", "softmax") or self.mix not in ("probabilities", "similarities"):
+            raise ValueError(f"score must be sigmoid or softmax and mix probabilities or similarities; got "
+                             f"'{self.score}', '{self.mix}'")
         if self.crop <= 0 or self.stride <= 0 or self.crop_batch <= 0:
             raise ValueError("crop, stride and crop_batch must be positive")
 
@@ -58,6 +64,13 @@ def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[i
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
             windows.append((y1, y2, x1, x2))
     return windows
+
+
+def _score_options(config: InferenceConfig) -> dict:
+    """The scoring options that differ from the reference (models without them keep working at the defaults)."""
+    options = {"score": config.score, "mix": config.mix, "feature_surgery": config.feature_surgery}
+    defaults = {"score": "sigmoid", "mix": "probabilities", "feature_surgery": False}
+    return {k: v for k, v in options.items() if v != defaults[k]}
 
 
 def _autocast(device: torch.device, precision: str):
@@ -81,7 +94,8 @@ def predict_probabilities(
         if config.pamr:
             size = (max(size[0] // config.pamr_stride, 1), max(size[1] // config.pamr_stride, 1))
         with _autocast(crops.device, config.precision):
-            probs = model.masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale, bias=config.bias, size=size)
+            probs = model.masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale, bias=config.bias, size=size,
+                                **_score_options(config))
         probs = probs.float()
         if config.pamr:
             probs = pamr(crops, probs, config.pamr_iter, config.pamr_dilations)

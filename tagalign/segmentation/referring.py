@@ -85,9 +85,18 @@ def load_referring(root: str | os.PathLike, dataset: str, split: str) -> list[Re
     for path in (refs_file, instances_file):
         if not path.is_file():
             raise MissingDatasetError(f"{dataset}: missing {path}; see docs/referring.md for the data layout")
-    with open(refs_file, "rb") as handle:
-        refs = pickle.load(handle)
-    instances = json.loads(instances_file.read_text())
+    try:
+        with open(refs_file, "rb") as handle:
+            refs = pickle.load(handle)
+        if not isinstance(refs, list):
+            raise TypeError(f"a {type(refs).__name__}")
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{refs_file}: expected the refer API's pickled list of refs; could not read it "
+                         f"({type(err).__name__}: {err}). A truncated download? See docs/referring.md.") from err
+    try:
+        instances = json.loads(instances_file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{instances_file}: not valid JSON ({err})") from err
     images = {image["id"]: image for image in instances["images"]}
     annotations = {ann["id"]: ann for ann in instances["annotations"]}
     image_dir = _image_dir(root)
@@ -99,7 +108,15 @@ def load_referring(root: str | os.PathLike, dataset: str, split: str) -> list[Re
         if ann is None:
             raise ValueError(f"{refs_file}: ref {ref['ref_id']} points to annotation {ref['ann_id']}, which "
                              f"{instances_file} does not contain")
-        image = images[ref["image_id"]]
+        image = images.get(ref["image_id"])
+        if image is None or image["id"] != ann.get("image_id", image["id"]):
+            raise ValueError(f"{refs_file}: ref {ref['ref_id']} names image {ref['image_id']}, which "
+                             f"{instances_file} does not contain" if image is None else
+                             f"{refs_file}: ref {ref['ref_id']} names image {ref['image_id']} but its annotation "
+                             f"{ann['id']} belongs to image {ann.get('image_id')}")
+        if not ann.get("segmentation"):
+            raise ValueError(f"{instances_file}: annotation {ann['id']} (ref {ref['ref_id']}) has an empty "
+                             f"segmentation")
         ann = {**ann, "height": image["height"], "width": image["width"]}
         for sentence in ref["sentences"]:
             text = sentence.get("raw") or sentence.get("sent") or ""

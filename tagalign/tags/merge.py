@@ -35,9 +35,9 @@ def finish_interrupted_merge(out_dir: str | Path) -> bool:
     """Complete a merge that was killed after its commit point, or drop one killed before it. True if completed."""
     out_dir = Path(out_dir)
     staging, journal = out_dir / _STAGING, out_dir / _JOURNAL
-    if not journal.exists():
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    if not journal.exists():  # killed before the commit point: the previous set stands, drop the new one
+        shutil.rmtree(staging, ignore_errors=True)
+        journal.with_name(f"{_JOURNAL}.tmp").unlink(missing_ok=True)
         return False
     _commit(out_dir)
     logger.info("%s: completed an interrupted merge (all of %s are from it)", out_dir, ", ".join(MERGE_OUTPUTS))

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ResumeMismatchError", "parse_captions", "shard_from_environment"]
 
 MAX_CAPTION_CHARS = 1000
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+CJK_CHARACTERS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 class ResumeMismatchError(RuntimeError):
@@ -130,7 +130,7 @@ def _tag_chunk(chunk: list[CaptionRecord], parser: TagParser, max_chars: int) ->
             stats["empty_captions"] += 1
             rows[i] = {**row, "status": "failed", "error": "empty caption"}
         else:
-            stats["cjk_captions"] += bool(_CJK.search(record.caption))
+            stats["cjk_captions"] += bool(CJK_CHARACTERS.search(record.caption))
             stats["truncated_captions"] += len(record.caption) > max_chars
             rows[i] = row
             to_parse.append(i)

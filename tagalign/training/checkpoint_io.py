@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ["AtomicLocalBackend", "atomic_write_bytes", "latest_checkpoint", "load_local_training_checkpoint"]
+__all__ = ["AtomicLocalBackend", "atomic_write_bytes", "latest_checkpoint", "load_local_training_checkpoint",
+           "readable_checkpoint"]
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)
@@ -54,18 +56,35 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[str | None, str]:
     work_dir = Path(work_dir)
     pointer = work_dir / "last_checkpoint"
     named = pointer.read_text().strip() if pointer.is_file() else ""
-    if named and Path(named).is_file():
+    if named and Path(named).is_file() and readable_checkpoint(named):
         return named, f"{pointer} names it"
-    iterations = [
-        (int(match.group(1)), path)
-        for path in work_dir.glob("iter_*.pth")
-        if (match := re.fullmatch(r"iter_(\d+)\.pth", path.name))
-    ]
-    if not iterations:
-        return None, f"no checkpoint in {work_dir}"
-    newest = str(max(iterations)[1])
-    reason = f"{pointer} names a missing file '{named}'" if named else f"{pointer} is missing or empty"
-    return newest, f"{reason}; using the newest iteration checkpoint"
+    iterations = sorted(
+        ((int(match.group(1)), path) for path in work_dir.glob("iter_*.pth")
+         if (match := re.fullmatch(r"iter_(\d+)\.pth", path.name))),
+        reverse=True,
+    )
+    if named and Path(named).is_file():
+        reason = f"{pointer} names '{named}', which is damaged (truncated or not a torch checkpoint)"
+    else:
+        reason = f"{pointer} names a missing file '{named}'" if named else f"{pointer} is missing or empty"
+    damaged = []
+    for _, path in iterations:
+        if readable_checkpoint(path):
+            skipped = f" (skipped damaged {', '.join(damaged)})" if damaged else ""
+            return str(path), f"{reason}; using the newest readable iteration checkpoint{skipped}"
+        damaged.append(path.name)
+    if damaged:
+        return None, f"{reason}; every iteration checkpoint in {work_dir} is damaged: {', '.join(damaged)}"
+    return None, f"no checkpoint in {work_dir}"
+
+
+def readable_checkpoint(path: str | os.PathLike) -> bool:
+    """A torch zip checkpoint whose central directory and every member's CRC check out (a truncated file fails)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 class AtomicLocalBackend(LocalBackend):

@@ -22,12 +22,13 @@ def _inner(runner):
 
 @HOOKS.register_module(force=True)
 class TrainingStatsHook(Hook):
-    """Logs samples/s and the running totals of skipped samples (corrupt images, samples without labels)."""
+    """Logs samples/s and the running totals of skipped samples (corrupt images, samples without labels, CJK
+    captions when ``skip_cjk`` is on)."""
 
     priority = "BELOW_NORMAL"
 
     def __init__(self) -> None:
-        self.totals = {"skipped_corrupt": 0, "skipped_unlabelled": 0}
+        self.totals = {"skipped_corrupt": 0, "skipped_unlabelled": 0, "skipped_cjk": 0}
         self._last = None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -36,12 +37,12 @@ class TrainingStatsHook(Hook):
         counts = torch.tensor([float(data_batch.get(k, 0)) for k in self.totals] + [len(data_batch["images"])])
         if get_world_size() > 1:
             all_reduce(counts, op="sum")
-        for key, value in zip(self.totals, counts[:2].tolist()):
+        for key, value in zip(self.totals, counts[:-1].tolist()):
             self.totals[key] += int(value)
             runner.message_hub.update_scalar(f"train/{key}", self.totals[key])
         now = time.perf_counter()
         if self._last is not None:
-            runner.message_hub.update_scalar("train/samples_per_s", counts[2].item() / max(now - self._last, 1e-9))
+            runner.message_hub.update_scalar("train/samples_per_s", counts[-1].item() / max(now - self._last, 1e-9))
         self._last = now
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -1,0 +1,474 @@
+"""Damaged inputs and interrupted runs, each in its real format: a clear error naming the file, or skip-and-count;
+never a hang, a silent misalignment or lost work (issue: bad input and interrupted runs)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset, collate_tag_batch
+from tagalign.data.synthetic import render_scene, write_img2dataset_shards
+from tagalign.tags.labels import LabelStore, write_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _to_tensor(image):
+    return torch.from_numpy(np.asarray(image.resize((32, 32)))).permute(2, 0, 1).float()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    scenes = [render_scene(rng, size=(48, 48)) for _ in range(24)]
+    keys = write_img2dataset_shards(root / "shards", [(s.image, s.caption) for s in scenes], per_shard=12)
+    labels = {k: [i % 5] for i, k in enumerate(keys)}
+    write_labels(root / "labels.sqlite", labels.items(), num_tags=5, vocab_hash="v1")
+    return root, keys, labels
+
+
+def _bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (Pillow refuses it as a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(
+        b"IEND", b"")
+
+
+def _rewrite_shard(source: Path, target: Path, change) -> None:
+    with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
+        for member in src:
+            name, data = change(member.name, src.extractfile(member).read())
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+# ---------------------------------------------------------------------------------------------- 1: no hang
+def test_wrong_label_key_stops_at_once_naming_the_key(shards, tmp_path):
+    root, keys, labels = shards
+    url_labels = tmp_path / "url_labels.sqlite"  # labels keyed by URL (as parsed from a .tsv) ...
+    write_labels(url_labels, [(f"http://shapes.invalid/{i}.jpg", v) for i, v in enumerate(labels.values())], 5, "v1")
+    with pytest.raises(NoTrainingSamplesError, match=r"label_key='key'.*http://shapes.invalid.*label_key='url'"):
+        TagShardDataset(root / "shards", url_labels, world_size=1, rank=0)  # ... joined on the sample key
+    dataset = TagShardDataset(root / "shards", url_labels, transform=_to_tensor, label_key="url", world_size=1,
+                              rank=0)
+    assert next(iter(dataset))["tag_ids"] in [[v] for v in range(5)]  # the right key joins
+
+
+def test_every_image_corrupt_stops_within_one_pass_with_counts(shards, tmp_path):
+    root, keys, _ = shards
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for shard in sorted((root / "shards").glob("*.tar")):
+        _rewrite_shard(shard, bad / shard.name, lambda n, d: (n, d[:40] if n.endswith(".jpg") else d))
+    dataset = TagShardDataset(bad, root / "labels.sqlite", transform=_to_tensor, world_size=1, rank=0)
+    start = time.monotonic()
+    with pytest.raises(NoTrainingSamplesError, match=r"24 samples read: 0 without a label, 24 with an unusable"):
+        next(iter(dataset))
+    assert time.monotonic() - start < 30
+
+
+def test_mostly_unlabelled_stream_stops_with_counts(tmp_path):
+    rng = np.random.default_rng(1)
+    scenes = [render_scene(rng, size=(16, 16)) for _ in range(260)]
+    keys = write_img2dataset_shards(tmp_path / "shards", [(s.image, s.caption) for s in scenes], per_shard=300)
+    write_labels(tmp_path / "labels.sqlite", [(k, [0]) for k in keys[::10]], 1, "v")  # 10% labelled
+    dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=_to_tensor,
+                              shuffle_buffer=0, world_size=1, rank=0)
+    with pytest.raises(NoTrainingSamplesError, match=r"more than 50% of samples have no label \(200 samples read: "
+                                                     r"179 without a label"):
+        for _ in dataset:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- 2: huge image
+def test_decompression_bomb_is_skipped_counted_and_named(shards, tmp_path, caplog):
+    root, keys, labels = shards
+    bombed = tmp_path / "bombed"
+    bombed.mkdir()
+    first = sorted((root / "shards").glob("*.tar"))[0]
+    _rewrite_shard(first, bombed / first.name,
+                   lambda n, d: (n, _bomb_png()) if n == f"{keys[3]}.jpg" else (n, d))
+    dataset = TagShardDataset(bombed, root / "labels.sqlite", transform=_to_tensor, shuffle_buffer=0,
+                              world_size=1, rank=0)
+    with caplog.at_level("WARNING", logger="tagalign.data.shards"):
+        samples = [s for _, s in zip(range(11), dataset)]
+    assert keys[3] not in [s["key"] for s in samples] and len(samples) == 11
+    assert all(s["tag_ids"] == labels[s["key"]] for s in samples)
+    assert collate_tag_batch(samples)["skipped_corrupt"] == 1
+    assert keys[3] in caplog.text and first.name in caplog.text and "DecompressionBomb" in caplog.text
+    resumed = TagShardDataset(bombed, root / "labels.sqlite", transform=_to_tensor, shuffle_buffer=0, world_size=1,
+                              rank=0)
+    resumed.batch_size, resumed.skip_batches = 5, 1  # fast-forward over the bomb, as --resume does
+    assert [s["key"] for _, s in zip(range(6), resumed)] == [s["key"] for s in samples[5:11]]
+
+    from tagalign.data.transforms import load_image
+
+    (tmp_path / "bomb.png").write_bytes(_bomb_png())
+    with pytest.raises(ValueError, match=r"bomb.png.*exceeds limit"):
+        load_image(tmp_path / "bomb.png")
+
+
+# ---------------------------------------------------------------------------------------------- 3: vocabularies
+def test_labels_and_tag_embeddings_from_other_vocabularies_are_refused(tiny_clip, tmp_path):
+    from tagalign.training.loop import _check_vocabulary
+    from tagalign.training.model import TagAlignTrainModel
+
+    write_labels(tmp_path / "labels.sqlite", [("a", [0, 1])], 2, "remerged")  # re-merged, same tag count ...
+    torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
+    from tagalign.models import load_clip
+
+    clip = load_clip("tagalign-tiny", str(tmp_path / "clip.pt"))
+    torch.save({"embeddings": torch.randn(2, 64), "tags": ["circle", "red"], "kinds": ["object", "attribute"],
+                "vocab_hash": "original", "clip": clip.tagalign_identity.to_dict()}, tmp_path / "tag_embeddings.pt")
+    with pytest.raises(ValueError, match=r"vocabulary remerged.*vocabulary original.*parse_tags.py embed"):
+        TagAlignTrainModel("tagalign-tiny", str(tmp_path / "clip.pt"), str(tmp_path / "tag_embeddings.pt"),
+                           tag_frequency=str(tmp_path / "tag_frequency.npy"))  # ... but not re-embedded
+    model = TagAlignTrainModel("tagalign-tiny", str(tmp_path / "clip.pt"), str(tmp_path / "tag_embeddings.pt"))
+    assert model.vocab_hash == "original"
+
+    class Model:
+        vocab_hash = "original"
+
+    class Data:
+        labels = LabelStore(tmp_path / "labels.sqlite")
+
+    with pytest.raises(ValueError, match=r"labels.sqlite labels samples with vocabulary remerged"):
+        _check_vocabulary(Model(), Data())
+    Model.vocab_hash = "remerged"
+    _check_vocabulary(Model(), Data())  # matching files pass
+
+
+# ---------------------------------------------------------------------------------------------- 4: parse resume
+@pytest.fixture
+def captions(tmp_path):
+    path = tmp_path / "captions.jsonl"
+    words = ["red", "cat", "sofa", "green", "dog", "wooden", "table"]
+    path.write_text("".join(json.dumps({"key": f"k{i:04d}", "caption": f"a {words[i % 7]} {words[(i + 3) % 7]}"})
+                            + "\n" for i in range(300)))
+    return path
+
+
+def _parse(src, out, **kwargs):
+    from tagalign.tags.parse import parse_captions
+    from tagalign.tags.parsers import NLTKParser
+
+    return parse_captions([src], out, NLTKParser(), progress=False, **kwargs)
+
+
+def _parsed_keys(out: Path) -> list[str]:
+    return [json.loads(line)["key"] for part in sorted((out / "parsed").glob("part-*.jsonl"))
+            for line in part.read_text().splitlines()]
+
+
+def test_parse_resume_refuses_changed_settings(captions, tmp_path):
+    from tagalign.tags.parse import ResumeMismatchError
+
+    _parse(captions, tmp_path / "a", chunk_size=100)
+    with pytest.raises(ResumeMismatchError, match=r"--chunk-size 100 -> 150"):
+        _parse(captions, tmp_path / "a", chunk_size=150)
+    _parse(captions, tmp_path / "b", chunk_size=100, num_shards=2, shard_id=0)
+    with pytest.raises(ResumeMismatchError, match=r"--num-shards 2 -> 1"):
+        _parse(captions, tmp_path / "b", chunk_size=100)
+
+
+def test_parse_resume_tags_appended_captions(captions, tmp_path):
+    _parse(captions, tmp_path / "out", chunk_size=128)  # chunks of 128, 128, 44
+    with open(captions, "a") as handle:
+        handle.write("".join(json.dumps({"key": f"new{i}", "caption": "a blue car"}) + "\n" for i in range(100)))
+    summary = _parse(captions, tmp_path / "out", chunk_size=128)
+    keys = _parsed_keys(tmp_path / "out")
+    assert len(keys) == len(set(keys)) == 400 and summary["captions"] == 400
+
+
+def test_parse_resume_refuses_a_changed_input(captions, tmp_path):
+    from tagalign.tags.parse import ResumeMismatchError
+
+    _parse(captions, tmp_path / "out", chunk_size=100)
+    lines = captions.read_text().splitlines(keepends=True)
+    captions.write_text("".join(lines[:150] + lines[151:]))  # one caption removed in the middle
+    with pytest.raises(ResumeMismatchError, match=r"part-00000-000001.jsonl does not match the input"):
+        _parse(captions, tmp_path / "out", chunk_size=100)
+
+
+# ---------------------------------------------------------------------------------------------- 5: merge
+def test_merge_refuses_unfinished_shards(captions, tmp_path):
+    from tagalign.tags.merge import IncompleteParseError, merge_parsed
+
+    _parse(captions, tmp_path / "out", chunk_size=100, num_shards=2, shard_id=0)
+    with pytest.raises(IncompleteParseError, match=r"shard\(s\) \[1\] have not finished.*of 2 shards"):
+        merge_parsed(tmp_path / "out")
+    _parse(captions, tmp_path / "out", chunk_size=100, num_shards=2, shard_id=1)
+    assert merge_parsed(tmp_path / "out")["records"] == 300
+
+
+def _merge_outputs(out: Path) -> dict[str, bytes]:
+    from tagalign.tags.merge import MERGE_OUTPUTS
+
+    return {name: (out / name).read_bytes() for name in MERGE_OUTPUTS if (out / name).exists()}
+
+
+def test_a_kill_at_any_point_of_merge_leaves_one_complete_set(captions, tmp_path, monkeypatch):
+    """Interrupt merge at each of its file operations: what a reader then sees is the old set or the new one."""
+    import tagalign.tags.merge as merge
+
+    out = tmp_path / "out"
+    _parse(captions, out, chunk_size=100)
+    merge.merge_parsed(out, top_k_objects=2)
+    old = _merge_outputs(out)
+    merge.merge_parsed(out, top_k_objects=4)
+    new = _merge_outputs(out)
+    assert old != new
+
+    class KilledError(Exception):
+        pass
+
+    real_replace, real_sync = os.replace, merge._sync
+    for kill_at in range(20):
+        merge.merge_parsed(out, top_k_objects=2)  # start from the old set
+        calls = {"n": 0}
+
+        def counting(fn, calls=calls, kill_at=kill_at):
+            def wrapper(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == kill_at + 1:
+                    raise KilledError
+                return fn(*args, **kwargs)
+            return wrapper
+
+        monkeypatch.setattr(merge.os, "replace", counting(real_replace))
+        monkeypatch.setattr(merge, "_sync", counting(real_sync))
+        try:
+            merge.merge_parsed(out, top_k_objects=4)
+            finished = True
+        except KilledError:
+            finished = False
+        monkeypatch.setattr(merge.os, "replace", real_replace)
+        monkeypatch.setattr(merge, "_sync", real_sync)
+        LabelStore(out / "labels.sqlite")  # a reader: completes a merge killed after its commit point
+        assert _merge_outputs(out) in (old, new), kill_at
+        assert not list(out.glob(".merge*")), kill_at
+        if finished:
+            break
+    assert finished and kill_at > 5
+
+
+# ---------------------------------------------------------------------------------------------- 6: sources
+def test_img2dataset_folder_with_a_tar_lacking_its_parquet(tmp_path):
+    from tagalign.tags.sources import expand_inputs
+
+    rng = np.random.default_rng(2)
+    write_img2dataset_shards(tmp_path, [(render_scene(rng, size=(16, 16)).image, f"c{i}") for i in range(8)],
+                             per_shard=4)
+    (tmp_path / "00001.parquet").unlink()
+    assert [p.name for p in expand_inputs([tmp_path])] == ["00000.parquet", "00001.tar"]
+
+
+# ---------------------------------------------------------------------------------------------- 7, 8, 11: eval
+@pytest.fixture
+def voc(tmp_path):
+    from voc_layout import write_voc
+
+    root = tmp_path / "data/VOCdevkit/VOC2012"
+    ids = write_voc(root, num_images=2)
+    return tmp_path / "data", root, ids
+
+
+def _evaluate(key, data_root, tmp_path, **kwargs):
+    from tagalign.segmentation.evaluate import evaluate_many
+
+    os.environ["TAGALIGN_EVAL_WORKERS"] = "0"
+    return evaluate_many([key] if isinstance(key, str) else key, data_root=data_root, clip="tagalign-tiny",
+                         work_dir=tmp_path / "w", **kwargs)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("transposed", r"2007_000001.png: the label is \d+x\d+ \(HxW\) but its image .* is \d+x\d+"),
+    ("resized", r"2007_000001.png: the label is \d+x\d+ \(HxW\) but its image"),
+    ("rgb", r"2007_000001.png: expected a single-channel map of class indices"),
+    ("values", r"2007_000001.png: label values \[40\] are neither a class index \(0..20\)"),
+])
+def test_ground_truth_that_does_not_fit_its_image_is_refused(voc, tmp_path, damage, message):
+    data_root, root, ids = voc
+    path = root / "SegmentationClass" / f"{ids[1]}.png"
+    label = np.array(Image.open(path))
+    if damage == "transposed":
+        Image.fromarray(label.T.copy()).save(path)
+    elif damage == "resized":
+        Image.fromarray(label[:-8]).save(path)
+    elif damage == "rgb":
+        Image.fromarray(np.stack([label] * 3, axis=-1)).save(path)
+    else:
+        label[10:20, 10:20] = 40
+        Image.fromarray(label).save(path)
+    with pytest.raises(ValueError, match=message):
+        _evaluate("voc", data_root, tmp_path)
+
+
+def test_empty_split_and_missing_datasets_stop_before_starting(voc, tmp_path):
+    from tagalign.segmentation.benchmarks import MissingDatasetError
+
+    data_root, root, _ = voc
+    with pytest.raises(MissingDatasetError, match=r"(?s)2 of 3 datasets are missing.*'context'.*'ade20k'"):
+        _evaluate(["voc", "context", "ade20k"], data_root, tmp_path)
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n")
+    with pytest.raises(MissingDatasetError, match=r"val.txt lists no image"):
+        _evaluate("voc", data_root, tmp_path)
+
+
+def test_all_keeps_each_finished_benchmark(voc, tmp_path):
+    data_root, root, ids = voc
+    context = data_root / "VOCdevkit/VOC2010"
+    from voc_layout import write_voc
+
+    context_ids = write_voc(context, num_images=1, seed=3)
+    (context / "SegmentationClass").rename(context / "SegmentationClassContext")
+    (context / "ImageSets/Segmentation").rename(context / "ImageSets/SegmentationContext")
+    label = context / "SegmentationClassContext" / f"{context_ids[0]}.png"
+    Image.fromarray(np.array(Image.open(label)).T.copy()).save(label)  # context fails after voc finished
+    out = tmp_path / "results.json"
+    with pytest.raises(ValueError, match="transposed"):
+        _evaluate(["voc", "context"], data_root, tmp_path, out=out)
+    assert set(json.loads(out.read_text())) == {"voc"}
+
+
+def test_data_root_may_be_the_dataset_root_itself(voc, tmp_path):
+    from tagalign.segmentation.benchmarks import BENCHMARKS, resolve_data_root
+
+    data_root, root, _ = voc
+    assert resolve_data_root(BENCHMARKS["voc"], data_root) == root
+    assert resolve_data_root(BENCHMARKS["voc"], root) == root
+
+
+# ---------------------------------------------------------------------------------------------- 9: resume layout
+def test_resume_with_another_worker_count_is_refused(tmp_path):
+    from tagalign.quickstart import build_shapes_world
+
+    world = tmp_path / "world"
+    build_shapes_world(world, num_train=48, num_eval=2)
+
+    def command(iters, workers):
+        options = {"model.pretrained": world / "tiny_clip.pt", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
+                   "model.tag_frequency": world / "tags/tag_frequency.npy",
+                   "train_dataloader.dataset.shards": world / "shards",
+                   "train_dataloader.dataset.labels": world / "tags/labels.sqlite", "train_dataloader.batch_size": 4,
+                   "train_dataloader.num_workers": workers, "train_cfg.max_iters": iters,
+                   "default_hooks.checkpoint.interval": 2}
+        return [sys.executable, str(ROOT / "tools/train.py"), str(ROOT / "configs/quickstart.py"), "--work-dir",
+                str(tmp_path / "work"), "--cfg-options", *[f"{k}={v}" for k, v in options.items()]]
+
+    subprocess.run(command(2, 0), check=True, capture_output=True)
+    result = subprocess.run(command(4, 2) + ["--resume"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "num_workers 1 -> 2" in result.stderr and "train_dataloader.num_workers=1" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 10: demo
+def test_demo_duplicate_queries_thin_images_and_foreign_vocab(tiny_clip, tmp_path):
+    import tagalign
+    from tagalign.models import TagAlign, load_clip
+
+    model = TagAlign(tiny_clip).eval()
+    image = np.zeros((64, 96, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"query 'red' is given twice \(queries 1 and 3\)"):
+        tagalign.segment(model, image, ["red", "blue", "red"])
+    with pytest.raises(ValueError, match=r"10000x5 .* 2048x1, thinner than one 16-pixel patch"):
+        tagalign.segment(model, np.zeros((10000, 5, 3), dtype=np.uint8), ["red"])
+    foreign = {"embeddings": torch.randn(3, 64), "tags": ["a", "b", "c"], "kinds": ["object"] * 3,
+               "vocab_hash": "x", "templates": [], "clip": load_clip("tagalign-tiny").tagalign_identity.to_dict()}
+    torch.save(foreign, tmp_path / "tag_embeddings.pt")
+    with pytest.raises(ValueError, match=r"tag_embeddings.pt was embedded with CLIP tagalign-tiny .* meaningless"):
+        tagalign.tag(model, image, vocab=str(tmp_path / "tag_embeddings.pt"))
+
+
+def test_demo_goes_on_past_an_image_it_cannot_segment(tiny_clip, tmp_path):
+    from tagalign.models import TagAlign, save_checkpoint
+
+    torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
+    from tagalign.models import load_clip
+
+    save_checkpoint(TagAlign(load_clip("tagalign-tiny", str(tmp_path / "clip.pt"))), tmp_path / "ckpt.pth")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((5, 4000, 3), dtype=np.uint8)).save(images / "a_thin.png")
+    Image.fromarray(np.full((64, 80, 3), 200, dtype=np.uint8)).save(images / "b_fine.png")
+    result = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), str(images), "--texts", "red", "blue",
+                             "--checkpoint", str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "TAGALIGN_CACHE": str(tmp_path)})
+    assert result.returncode != 0 and "1 of 2 image(s) could not be segmented: a_thin" in result.stderr
+    assert "a_thin.png: the image is 5x4000" in result.stdout
+    assert (tmp_path / "out/b_fine_overlay.png").exists() and not (tmp_path / "out/a_thin_overlay.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------- 11: messages
+def test_useless_errors_now_name_the_file(tmp_path):
+    from tagalign.models import CheckpointMismatchError, read_checkpoint
+
+    (tmp_path / "labels.sqlite").write_text("this is not a database")
+    with pytest.raises(ValueError, match=r"labels.sqlite is not a label file written by tools/parse_tags.py"):
+        LabelStore(tmp_path / "labels.sqlite")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointMismatchError, match=r"notes.txt is not a tagalign checkpoint: torch cannot read"):
+        read_checkpoint(tmp_path / "notes.txt")
+
+
+def test_truncated_iteration_checkpoint_falls_back_to_the_previous(tmp_path):
+    from tagalign.training.checkpoint_io import latest_checkpoint
+
+    for n in (2, 4):
+        torch.save({"iter": n, "weights": torch.randn(1000)}, tmp_path / f"iter_{n}.pth")
+    data = (tmp_path / "iter_4.pth").read_bytes()
+    (tmp_path / "iter_4.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_4.pth"))
+    path, reason = latest_checkpoint(tmp_path)
+    assert path == str(tmp_path / "iter_2.pth")
+    assert "damaged" in reason and "iter_4.pth" in reason
+
+
+def test_referring_files_with_bad_records_are_named(tmp_path):
+    import pickle
+
+    from tagalign.segmentation.referring import load_referring
+
+    root = tmp_path / "refer"
+    (root / "refcoco").mkdir(parents=True)
+    (root / "images/mscoco/images/train2014").mkdir(parents=True)
+    instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+                 "annotations": [{"id": 5, "image_id": 1, "segmentation": [[0, 0, 5, 0, 5, 5]]},
+                                 {"id": 6, "image_id": 1, "segmentation": []}]}
+    (root / "refcoco/instances.json").write_text(json.dumps(instances))
+
+    def refs(*records):
+        with open(root / "refcoco/refs(unc).p", "wb") as handle:
+            pickle.dump([{"ref_id": i, "split": "val", "sentences": [{"sent_id": i, "sent": "x"}], **r}
+                         for i, r in enumerate(records)], handle)
+
+    refs({"image_id": 999, "ann_id": 5})
+    with pytest.raises(ValueError, match=r"refs\(unc\).p: ref 0 names image 999, which .*instances.json does not"):
+        load_referring(root, "refcoco", "val")
+    refs({"image_id": 1, "ann_id": 6})
+    with pytest.raises(ValueError, match=r"annotation 6 \(ref 0\) has an empty segmentation"):
+        load_referring(root, "refcoco", "val")
+    refs({"image_id": 1, "ann_id": 5})
+    assert len(load_referring(root, "refcoco", "val")) == 1
+    data = (root / "refcoco/refs(unc).p").read_bytes()
+    (root / "refcoco/refs(unc).p").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"refs\(unc\).p: expected the refer API's pickled list"):
+        load_referring(root, "refcoco", "val")
