@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -116,3 +117,24 @@ def test_missing_files_and_bad_splits_are_clear_errors(refer, tmp_path):
         load_referring(tmp_path, "refcocog", "val")
     with pytest.raises(ValueError, match="splits"):
         load_referring(refer[0], "refcoco", "test")
+
+
+def test_two_processes_give_the_single_process_result(refer, tmp_path):
+    """--launcher pytorch shards the images over 2 gloo processes; merged metrics equal one process's."""
+    root, _ = refer
+    base = [str(ROOT / "tools/test.py"), "--dataset", "refcoco", "--split", "val", "--data-root", str(root),
+            "--checkpoint", str(root / "ckpt.pth")]
+    single = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one.json")], capture_output=True,
+                            text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
+    double = subprocess.run([*launch, *base, "--launcher", "pytorch", "--out", str(tmp_path / "two.json")],
+                            capture_output=True, text=True, env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["num_expressions"] == two["num_expressions"] == 8
+    for key in ("mIoU", "oIoU", "precision@0.5"):
+        assert two[key] == pytest.approx(one[key], abs=1e-9), key
+    assert [r["sent_id"] for r in two["per_sentence"]] == [r["sent_id"] for r in one["per_sentence"]]
+    assert np.allclose([r["iou"] for r in two["per_sentence"]], [r["iou"] for r in one["per_sentence"]], atol=1e-9)

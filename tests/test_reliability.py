@@ -178,6 +178,7 @@ def _parsed_keys(out: Path) -> list[str]:
             for line in part.read_text().splitlines()]
 
 
+@pytest.mark.nltk
 def test_parse_resume_refuses_changed_settings(captions, tmp_path):
     from tagalign.tags.parse import ResumeMismatchError
 
@@ -189,6 +190,7 @@ def test_parse_resume_refuses_changed_settings(captions, tmp_path):
         _parse(captions, tmp_path / "b", chunk_size=100)
 
 
+@pytest.mark.nltk
 def test_parse_resume_tags_appended_captions(captions, tmp_path):
     _parse(captions, tmp_path / "out", chunk_size=128)  # chunks of 128, 128, 44
     with open(captions, "a") as handle:
@@ -198,6 +200,7 @@ def test_parse_resume_tags_appended_captions(captions, tmp_path):
     assert len(keys) == len(set(keys)) == 400 and summary["captions"] == 400
 
 
+@pytest.mark.nltk
 def test_parse_resume_refuses_a_changed_input(captions, tmp_path):
     from tagalign.tags.parse import ResumeMismatchError
 
@@ -209,6 +212,7 @@ def test_parse_resume_refuses_a_changed_input(captions, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 5: merge
+@pytest.mark.nltk
 def test_merge_refuses_unfinished_shards(captions, tmp_path):
     from tagalign.tags.merge import IncompleteParseError, merge_parsed
 
@@ -225,6 +229,7 @@ def _merge_outputs(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in MERGE_OUTPUTS if (out / name).exists()}
 
 
+@pytest.mark.nltk
 def test_a_kill_at_any_point_of_merge_leaves_one_complete_set(captions, tmp_path, monkeypatch):
     """Interrupt merge at each of its file operations: what a reader then sees is the old set or the new one."""
     import tagalign.tags.merge as merge

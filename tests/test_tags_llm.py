@@ -13,6 +13,8 @@ import pytest
 from tagalign.tags.parsers import LLMParser
 from tagalign.tags.prompts import FEW_SHOT, OUTPUT_SCHEMA, VICUNA_SYSTEM, build_prompt, parse_answer
 
+pytestmark = pytest.mark.nltk  # NLTK's tagger and WordNet (tests/conftest.py)
+
 
 class ChatTokenizer:
     chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"

@@ -11,6 +11,8 @@ import pytest
 from tagalign.tags.normalize import NON_VISUAL_WORDS, normalize_tag, normalize_tags
 from tagalign.tags.parsers import NLTKParser
 
+pytestmark = pytest.mark.nltk  # NLTK's tagger and WordNet (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def nltk_parser():

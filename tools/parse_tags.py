@@ -6,6 +6,8 @@
     python tools/parse_tags.py parse CAPTIONS... --out OUT --num-shards 16 --shard-id 3 --model Qwen/Qwen2.5-7B-Instruct
     python tools/parse_tags.py merge OUT [--top-k-objects 10000 --top-k-attributes 1000 | --vocab-from ram_tags.txt]
     python tools/parse_tags.py embed OUT --clip ViT-B-16 --pretrained openai
+    # the authors' released CC12M tags instead of parsing: labels keyed by image URL (train with label_key="url")
+    python tools/parse_tags.py import-released object_list.csv CC12M_url_object_index.json --out OUT
 
 CAPTIONS: img2dataset output directories, CC12M .tsv files (url<TAB>caption) or .jsonl ({"key", "caption"}).
 Output layout: docs/formats.md. Interrupted runs resume where they stopped when rerun with the same arguments.
@@ -95,6 +97,12 @@ def run_embed(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def run_import_released(args: argparse.Namespace) -> dict:
+    from tagalign.tags.released import import_released
+
+    return import_released(args.object_list, args.url_index, args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,9 +113,16 @@ def main() -> None:
     _add_parse_args(everything)
     _add_merge_args(everything, False)
     _add_embed_args(everything, False)
+    released = commands.add_parser("import-released", help="the authors' object_list.csv + URL index JSON")
+    released.add_argument("object_list", help="object_list.csv (one tag per row, or index,tag; header optional)")
+    released.add_argument("url_index", help="CC12M_url_object_index.json ({image URL: [tag indices]})")
+    released.add_argument("--out", required=True, help="folder for vocab.csv, labels.sqlite, ... (then run embed)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tagalign").setLevel(logging.INFO)
+    if args.command == "import-released":
+        print(json.dumps(run_import_released(args), indent=2))
+        return
     if args.command in ("parse", "all"):
         print(json.dumps(run_parse(args), indent=2))
     if args.command in ("merge", "all"):

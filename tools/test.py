@@ -73,14 +73,39 @@ def run_referring(args) -> None:
     from tagalign.segmentation.referring import evaluate_referring, format_referring_table
 
     root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
-    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
+    device = _init_distributed(args.launcher)
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device)
     inference = _inference_options(args)
     result = evaluate_referring(model, root, args.dataset, args.split or "val", args.binarize, args.templates,
                                 inference)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     print(format_referring_table([result]))
     if args.out:
         write_json(result, args.out)
         print(f"wrote {args.out}")
+
+
+def _init_distributed(launcher: str) -> str:
+    """Start torch.distributed for --launcher pytorch/slurm (NCCL on GPUs, gloo on CPUs); this process's device."""
+    import os
+
+    import torch
+
+    if launcher == "none":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if launcher == "slurm":
+        from mmengine.dist import init_dist
+
+        init_dist("slurm", backend=backend)
+    else:
+        torch.distributed.init_process_group(backend)
+    if backend == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank() % torch.cuda.device_count()))
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return "cpu"
 
 
 def main() -> None:

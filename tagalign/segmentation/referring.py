@@ -163,15 +163,21 @@ def referring_metrics(intersections: Sequence[float], unions: Sequence[float]) -
 def evaluate_referring(model, root: str | os.PathLike, dataset: str, split: str, binarize_mode: str = "threshold",
                        templates: Sequence[str] = ("{}",), inference: dict | None = None, short_side: int = 448,
                        progress: bool = True) -> dict:
-    """Evaluate one dataset split; returns metrics plus the per-sentence IoUs (``{"sent_id", "iou"}``)."""
+    """Evaluate one dataset split; returns metrics plus the per-sentence IoUs (``{"sent_id", "iou"}``).
+
+    Under torch.distributed each process takes every world_size-th image; the per-sentence results are gathered
+    and every process returns the merged result, in the order of the single-process run.
+    """
     samples = load_referring(root, dataset, split)
     config = InferenceConfig(**(inference or {}))
     by_image: dict[Path, list[ReferringSample]] = defaultdict(list)
     for sample in samples:
         by_image[sample.image_path].append(sample)
+    rank, world = _rank_and_world()
+    mine = [item for index, item in enumerate(by_image.items()) if index % world == rank]
     device = next(model.parameters()).device
     intersections, unions, per_sentence = [], [], []
-    for image_path, group in tqdm(by_image.items(), desc=f"{dataset} {split}", disable=not progress):
+    for image_path, group in tqdm(mine, desc=f"{dataset} {split}", disable=not progress or rank != 0):
         image = load_image(image_path)
         texts = encode_texts(model.clip, [s.text for s in group], templates).to(device)
         probs = predict_probabilities(model, to_tensor(resize_short_side(image, short_side)).to(device), texts,
@@ -184,12 +190,22 @@ def evaluate_referring(model, root: str | os.PathLike, dataset: str, split: str,
                 raise ValueError(f"{image_path}: image is {prediction.shape}, annotation {sample.annotation['id']} "
                                  f"is {truth.shape}")
             inter, union = float((prediction & truth).sum()), float((prediction | truth).sum())
-            intersections.append(inter)
-            unions.append(union)
             per_sentence.append({"sent_id": sample.sent_id, "ref_id": sample.ref_id, "text": sample.text,
-                                 "iou": inter / union if union else 0.0})
+                                 "iou": inter / union if union else 0.0, "intersection": inter, "union": union})
+    if world > 1:
+        parts: list = [None] * world
+        torch.distributed.all_gather_object(parts, per_sentence)
+        order = {sample.sent_id: i for i, sample in enumerate(s for _, group in by_image.items() for s in group)}
+        per_sentence = sorted((row for part in parts for row in part), key=lambda row: order[row["sent_id"]])
+    intersections = [row.pop("intersection") for row in per_sentence]
+    unions = [row.pop("union") for row in per_sentence]
     return {"dataset": dataset, "split": split, "binarize": binarize_mode,
             **referring_metrics(intersections, unions), "per_sentence": per_sentence}
+
+
+def _rank_and_world() -> tuple[int, int]:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
 
 
 def format_referring_table(results: Sequence[dict]) -> str:

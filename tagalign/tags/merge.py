@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from .labels import write_labels
@@ -20,7 +21,8 @@ from .vocab import TagVocab, count_tags, iter_parsed, read_tag_list
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MERGE_OUTPUTS", "IncompleteParseError", "finish_interrupted_merge", "merge_parsed"]
+__all__ = ["MERGE_OUTPUTS", "IncompleteParseError", "finish_interrupted_merge", "merge_parsed",
+           "write_merge_outputs"]
 
 MERGE_OUTPUTS = ("vocab.csv", "labels.sqlite", "tag_frequency.npy", "merge_stats.json")
 _STAGING = ".merge-staging"
@@ -78,50 +80,22 @@ def _sync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_attributes: int | None = 1_000,
-                 min_count: int = 1, vocab_from: str | Path | None = None) -> dict:
-    """Write ``vocab.csv``, ``labels.sqlite``, ``tag_frequency.npy`` and ``merge_stats.json`` under ``out_dir``.
-
-    Two streaming passes over the part files (count, then label); memory holds only the tag counters.
-    """
-    out_dir = Path(out_dir)
+def write_merge_outputs(out_dir: Path, vocab: TagVocab, rows: Iterable[tuple[str, list[int]]],
+                        extra: dict) -> dict:
+    """Stage ``vocab.csv``, ``labels.sqlite`` (+ ``tag_frequency.npy``) and ``merge_stats.json``, then commit them
+    as a set (see the module docstring). ``rows`` may count into ``extra``'s values lazily: they are read after the
+    labels are written. Returns the statistics."""
     finish_interrupted_merge(out_dir)
-    _check_parse_finished(out_dir)
     staging = out_dir / _STAGING
     staging.mkdir(parents=True, exist_ok=True)
-    counts, ok_images = count_tags(iter_parsed(out_dir))
-    if vocab_from:
-        vocab = TagVocab.from_list(read_tag_list(vocab_from), counts)
-    else:
-        vocab = TagVocab.from_counts(counts, {"object": top_k_objects, "attribute": top_k_attributes}, min_count)
     vocab.save(staging / "vocab.csv")
-    logger.info("vocabulary: %d tags (%d objects, %d attributes) from %d tagged captions", len(vocab),
-                vocab.kinds.count("object"), vocab.kinds.count("attribute"), ok_images)
-
-    total = failed = 0
-    without_tags = 0
-
-    def rows():
-        nonlocal total, failed, without_tags
-        for record in iter_parsed(out_dir):
-            total += 1
-            if record["status"] != "ok":
-                failed += 1
-                continue
-            ids = vocab.ids(record["objects"], record["attributes"])
-            without_tags += not ids
-            yield record["key"], ids
-
-    written = write_labels(staging / "labels.sqlite", rows(), len(vocab), vocab.hash)
+    written = write_labels(staging / "labels.sqlite", rows, len(vocab), vocab.hash)
     stats = {
-        "records": total,
-        "failed_records": failed,
+        **{k: (v() if callable(v) else v) for k, v in extra.items()},
         "labelled_samples": written["samples"],
         "duplicate_keys": written["duplicate_keys"],
-        "samples_without_vocab_tags": without_tags,
         "num_tags": len(vocab),
         "vocab_hash": vocab.hash,
-        "vocab_from": str(vocab_from) if vocab_from else None,
     }
     (staging / "merge_stats.json").write_text(json.dumps(stats, indent=2))
     for name in MERGE_OUTPUTS:
@@ -131,6 +105,44 @@ def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_
     _sync(journal_tmp)
     os.replace(journal_tmp, out_dir / _JOURNAL)  # the commit point
     _commit(out_dir)
+    return stats
+
+
+def merge_parsed(out_dir: str | Path, top_k_objects: int | None = 10_000, top_k_attributes: int | None = 1_000,
+                 min_count: int = 1, vocab_from: str | Path | None = None) -> dict:
+    """Write ``vocab.csv``, ``labels.sqlite``, ``tag_frequency.npy`` and ``merge_stats.json`` under ``out_dir``.
+
+    Two streaming passes over the part files (count, then label); memory holds only the tag counters.
+    """
+    out_dir = Path(out_dir)
+    finish_interrupted_merge(out_dir)
+    _check_parse_finished(out_dir)
+    counts, ok_images = count_tags(iter_parsed(out_dir))
+    if vocab_from:
+        vocab = TagVocab.from_list(read_tag_list(vocab_from), counts)
+    else:
+        vocab = TagVocab.from_counts(counts, {"object": top_k_objects, "attribute": top_k_attributes}, min_count)
+    logger.info("vocabulary: %d tags (%d objects, %d attributes) from %d tagged captions", len(vocab),
+                vocab.kinds.count("object"), vocab.kinds.count("attribute"), ok_images)
+    tally = {"records": 0, "failed": 0, "without_tags": 0}
+
+    def rows():
+        for record in iter_parsed(out_dir):
+            tally["records"] += 1
+            if record["status"] != "ok":
+                tally["failed"] += 1
+                continue
+            ids = vocab.ids(record["objects"], record["attributes"])
+            tally["without_tags"] += not ids
+            yield record["key"], ids
+
+    stats = write_merge_outputs(out_dir, vocab, rows(), {
+        "records": lambda: tally["records"],
+        "failed_records": lambda: tally["failed"],
+        "samples_without_vocab_tags": lambda: tally["without_tags"],
+        "vocab_from": str(vocab_from) if vocab_from else None,
+    })
     logger.info("labels: %d samples (%d failed records left out, %d duplicate keys, %d without any vocabulary tag)",
-                stats["labelled_samples"], failed, written["duplicate_keys"], without_tags)
+                stats["labelled_samples"], stats["failed_records"], stats["duplicate_keys"],
+                stats["samples_without_vocab_tags"])
     return stats
