@@ -477,3 +477,10 @@ def test_referring_files_with_bad_records_are_named(tmp_path):
     (root / "refcoco/refs(unc).p").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"refs\(unc\).p: expected the refer API's pickled list"):
         load_referring(root, "refcoco", "val")
+
+
+def test_more_streams_than_samples_is_an_error_not_a_hang(shards):
+    root, _, _ = shards
+    dataset = TagShardDataset(root / "shards", root / "labels.sqlite", transform=_to_tensor, world_size=30, rank=29)
+    with pytest.raises(NoTrainingSamplesError, match=r"stream 29 of 30 .* owns no sample"):
+        next(iter(dataset))

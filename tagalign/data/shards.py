@@ -238,7 +238,7 @@ class TagShardDataset(IterableDataset):
             rng = random.Random(f"{self.seed}-{epoch}-{stream}")
             owned = [s for i, s in enumerate(self.shards) if not by_shard or i % streams == stream]
             rng.shuffle(owned)
-            index = 0
+            index = mine = 0
             buffer: list[dict] = []
             for shard in owned:
                 for raw in _raw_samples(shard):
@@ -246,6 +246,7 @@ class TagShardDataset(IterableDataset):
                         index += 1
                         if (index - 1) % streams != stream:
                             continue
+                    mine += 1
                     raw["epoch"] = epoch
                     if self.shuffle_buffer <= 1:
                         yield raw
@@ -258,6 +259,10 @@ class TagShardDataset(IterableDataset):
                     yield raw
             rng.shuffle(buffer)
             yield from buffer
+            if mine == 0:  # would loop forever without yielding
+                raise NoTrainingSamplesError(
+                    f"training data stream {stream} of {streams} (world size x data workers) owns no sample: the "
+                    f"shards hold fewer samples than there are streams. Use fewer data workers.")
             epoch += 1
 
     def _label(self, raw: dict) -> list[int] | None:
