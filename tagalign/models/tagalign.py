@@ -353,6 +353,12 @@ def load_checkpoint(model: TagAlign, path: str | os.PathLike, check_clip: bool =
             f"{path} used surgery_layers={payload['config'].get('surgery_layers')}, the model has "
             f"{model.surgery_layers}"
         )
+    saved_interpolation = payload["config"].get("pos_interpolation", "bicubic")
+    if saved_interpolation != model.pos_interpolation:
+        raise CheckpointMismatchError(
+            f"{path} was trained with {saved_interpolation} positional resizing, the model uses "
+            f"{model.pos_interpolation}"
+        )
     saved_vocab = payload.get("tag_vocab_hash")
     if saved_vocab and model.tag_vocab_hash and saved_vocab != model.tag_vocab_hash:
         logger.warning("%s was trained with a different tag vocabulary (hash %s, model has %s)",
