@@ -1,0 +1,128 @@
+"""Each training-free dense encoder against a plain statement of its formula (training-free spec §1-§6), written
+here with explicit softmax attention, on a tiny CLIP with random biases and LayerNorm affines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_dense import _layer_norm, _quick_gelu, _reference_tokens
+
+from tagalign.models import ENCODERS, dense_features
+
+
+def _split(t, heads):
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).permute(0, 2, 1, 3)
+
+
+def _merge(t):
+    b, heads, n, d = t.shape
+    return t.permute(0, 2, 1, 3).reshape(b, n, heads * d)
+
+
+def _mlp(block, y):
+    return F.linear(_quick_gelu(F.linear(y, block.mlp.c_fc.weight, block.mlp.c_fc.bias)), block.mlp.c_proj.weight,
+                    block.mlp.c_proj.bias)
+
+
+def _qkv(block, x):
+    y = _layer_norm(x, block.ln_1)
+    q, k, v = F.linear(y, block.attn.in_proj_weight, block.attn.in_proj_bias).split(x.shape[-1], dim=-1)
+    heads = block.attn.num_heads
+    return _split(q, heads), _split(k, heads), _split(v, heads)
+
+
+def _out_proj(block, t):
+    return F.linear(t, block.attn.out_proj.weight, block.attn.out_proj.bias)
+
+
+def _softmax(a, b):
+    return torch.softmax(a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1]), dim=-1)
+
+
+def _standard(block, x):
+    q, k, v = _qkv(block, x)
+    x = x + _out_proj(block, _merge(_softmax(q, k) @ v))
+    return x + _mlp(block, _layer_norm(x, block.ln_2))
+
+
+def _before_last(visual, image):
+    """Spec §0: ln_pre(patch embedding + CLS + positions), then every block but the last, unmodified."""
+    b, p = image.shape[0], visual.conv1.weight.shape[-1]
+    h, w = image.shape[2] // p, image.shape[3] // p
+    x = (visual.conv1.weight.reshape(visual.conv1.weight.shape[0], -1) @ F.unfold(image, p, stride=p)).transpose(1, 2)
+    c = x.shape[-1]
+    x = torch.cat([visual.class_embedding.reshape(1, 1, c).expand(b, 1, c), x], dim=1)
+    pos = visual.positional_embedding
+    g = int(round(math.sqrt(pos.shape[0] - 1)))
+    if (h, w) != (g, g):
+        grid = F.interpolate(pos[1:].reshape(g, g, c).permute(2, 0, 1)[None], size=(h, w), mode="bicubic",
+                             align_corners=False)[0]
+        pos = torch.cat([pos[:1], grid.permute(1, 2, 0).reshape(h * w, c)], dim=0)
+    x = _layer_norm(x + pos, visual.ln_pre)
+    for block in list(visual.transformer.resblocks)[:-1]:
+        x = _standard(block, x)
+    return x, visual.transformer.resblocks[-1], (h, w)
+
+
+def _omega(h, w, sigma):
+    omega = torch.zeros(1 + h * w, 1 + h * w)
+    for a in range(h * w):
+        for b in range(h * w):
+            (i, j), (k, m) = divmod(a, w), divmod(b, w)
+            omega[1 + a, 1 + b] = math.exp(-((i - k) ** 2 + (j - m) ** 2) / (2 * sigma**2))
+    return omega
+
+
+def _plain_statement(visual, image, encoder):
+    if encoder in ("surgery", "clip_surgery"):
+        mode = "bilinear" if encoder == "clip_surgery" else "bicubic"
+        tokens = _reference_tokens(visual, image, n_deep=6, pos_mode=mode)
+        p = visual.conv1.weight.shape[-1]
+        grid = (image.shape[2] // p, image.shape[3] // p)
+    else:
+        x, block, grid = _before_last(visual, image)
+        q, k, v = _qkv(block, x)
+        if encoder == "vanilla":
+            tokens = _standard(block, x)
+        elif encoder == "maskclip":  # identity attention; residual and FFN kept
+            o = _out_proj(block, _merge(v))
+            tokens = x + o + _mlp(block, _layer_norm(x + o, block.ln_2))
+        elif encoder == "sclip":  # rows sum to 2; residual and FFN kept
+            o = _out_proj(block, _merge((_softmax(q, q) + _softmax(k, k)) @ v))
+            tokens = x + o + _mlp(block, _layer_norm(x + o, block.ln_2))
+        elif encoder == "clearclip":  # q-q attention, no residual, no FFN
+            tokens = _out_proj(block, _merge(_softmax(q, q) @ v))
+        else:  # naclip: k-k attention + Gaussian neighbourhood (sigma 5, not scaled), no residual, no FFN
+            logits = k @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]) + _omega(*grid, 5.0)
+            tokens = _out_proj(block, _merge(torch.softmax(logits, dim=-1) @ v))
+    head = _layer_norm(tokens[:, 1:], visual.ln_post) @ visual.proj
+    return head.transpose(1, 2).reshape(image.shape[0], -1, *grid)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (160, 208)])
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_encoder_equals_its_formula(tiny_clip, encoder, size):
+    torch.manual_seed(3)
+    image = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours = dense_features(tiny_clip, image, encoder)
+        expected = _plain_statement(tiny_clip.visual, image, encoder)
+    assert ours.shape == (2, 64, size[0] // 16, size[1] // 16)
+    assert (ours - expected).abs().max().item() <= 1e-5
+
+
+def test_encoders_differ_and_options_change_them(tiny_clip):
+    image = torch.randn(1, 3, 288, 256)  # not 224: clip_surgery's bilinear positional resize then differs
+    outputs = {name: dense_features(tiny_clip, image, name) for name in ENCODERS}
+    names = sorted(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not torch.allclose(outputs[a], outputs[b], atol=1e-4), (a, b)
+    assert not torch.allclose(dense_features(tiny_clip, image, "maskclip", residual=False), outputs["maskclip"])
+    assert not torch.allclose(dense_features(tiny_clip, image, "naclip", sigma=1.0), outputs["naclip"])
+    with pytest.raises(ValueError, match="unknown encoder 'segclip'"):
+        dense_features(tiny_clip, image, "segclip")
