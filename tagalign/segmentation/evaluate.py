@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
@@ -151,9 +152,10 @@ def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_pr
     for key in keys:
         results[key] = evaluate(key, save_preds=Path(save_preds) / key if save_preds else None,
                                 work_dir=Path(work_dir) / key, **kwargs)
-        print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
-        if out:
-            write_json(results, out)
+        if is_main_process():
+            print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
+            if out:  # one writer under torchrun; every rank holds the same (broadcast) metrics
+                write_json(results, out)
     return results
 
 
