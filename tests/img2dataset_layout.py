@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tagalign.data.synthetic import write_img2dataset_shards
 
@@ -15,3 +16,8 @@ def write_shards(root: Path, captions: Sequence[str], per_shard: int = 4, image_
     rng = np.random.default_rng(0)
     samples = [(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8), c) for c in captions]
     return write_img2dataset_shards(root, samples, per_shard, failed_every, with_parquet)
+
+
+def small_tensor(image) -> torch.Tensor:
+    """A training-sample transform for tests: the PIL image as a 32x32 float tensor ``[3, 32, 32]``."""
+    return torch.from_numpy(np.array(image.resize((32, 32)))).permute(2, 0, 1).float()

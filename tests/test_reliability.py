@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from img2dataset_layout import small_tensor
 from PIL import Image
 
 from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset, collate_tag_batch
@@ -25,9 +26,6 @@ from tagalign.tags.labels import LabelStore, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _to_tensor(image):
-    return torch.from_numpy(np.asarray(image.resize((32, 32)))).permute(2, 0, 1).float()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +65,7 @@ def test_wrong_label_key_stops_at_once_naming_the_key(shards, tmp_path):
     write_labels(url_labels, [(f"http://shapes.invalid/{i}.jpg", v) for i, v in enumerate(labels.values())], 5, "v1")
     with pytest.raises(NoTrainingSamplesError, match=r"label_key='key'.*http://shapes.invalid.*label_key='url'"):
         TagShardDataset(root / "shards", url_labels, world_size=1, rank=0)  # ... joined on the sample key
-    dataset = TagShardDataset(root / "shards", url_labels, transform=_to_tensor, label_key="url", world_size=1,
+    dataset = TagShardDataset(root / "shards", url_labels, transform=small_tensor, label_key="url", world_size=1,
                               rank=0)
     assert next(iter(dataset))["tag_ids"] in [[v] for v in range(5)]  # the right key joins
 
@@ -78,7 +76,7 @@ def test_every_image_corrupt_stops_within_one_pass_with_counts(shards, tmp_path)
     bad.mkdir()
     for shard in sorted((root / "shards").glob("*.tar")):
         _rewrite_shard(shard, bad / shard.name, lambda n, d: (n, d[:40] if n.endswith(".jpg") else d))
-    dataset = TagShardDataset(bad, root / "labels.sqlite", transform=_to_tensor, world_size=1, rank=0)
+    dataset = TagShardDataset(bad, root / "labels.sqlite", transform=small_tensor, world_size=1, rank=0)
     start = time.monotonic()
     with pytest.raises(NoTrainingSamplesError, match=r"24 samples read: 0 without a label, 24 with an unusable"):
         next(iter(dataset))
@@ -90,7 +88,7 @@ def test_mostly_unlabelled_stream_stops_with_counts(tmp_path):
     scenes = [render_scene(rng, size=(16, 16)) for _ in range(260)]
     keys = write_img2dataset_shards(tmp_path / "shards", [(s.image, s.caption) for s in scenes], per_shard=300)
     write_labels(tmp_path / "labels.sqlite", [(k, [0]) for k in keys[::10]], 1, "v")  # 10% labelled
-    dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=_to_tensor,
+    dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=small_tensor,
                               shuffle_buffer=0, world_size=1, rank=0)
     with pytest.raises(NoTrainingSamplesError, match=r"more than 50% of samples have no label \(200 samples read: "
                                                      r"179 without a label"):
@@ -106,7 +104,7 @@ def test_decompression_bomb_is_skipped_counted_and_named(shards, tmp_path, caplo
     first = sorted((root / "shards").glob("*.tar"))[0]
     _rewrite_shard(first, bombed / first.name,
                    lambda n, d: (n, _bomb_png()) if n == f"{keys[3]}.jpg" else (n, d))
-    dataset = TagShardDataset(bombed, root / "labels.sqlite", transform=_to_tensor, shuffle_buffer=0,
+    dataset = TagShardDataset(bombed, root / "labels.sqlite", transform=small_tensor, shuffle_buffer=0,
                               world_size=1, rank=0)
     with caplog.at_level("WARNING", logger="tagalign.data.shards"):
         samples = [s for _, s in zip(range(11), dataset)]
@@ -114,7 +112,7 @@ def test_decompression_bomb_is_skipped_counted_and_named(shards, tmp_path, caplo
     assert all(s["tag_ids"] == labels[s["key"]] for s in samples)
     assert collate_tag_batch(samples)["skipped_corrupt"] == 1
     assert keys[3] in caplog.text and first.name in caplog.text and "DecompressionBomb" in caplog.text
-    resumed = TagShardDataset(bombed, root / "labels.sqlite", transform=_to_tensor, shuffle_buffer=0, world_size=1,
+    resumed = TagShardDataset(bombed, root / "labels.sqlite", transform=small_tensor, shuffle_buffer=0, world_size=1,
                               rank=0)
     resumed.batch_size, resumed.skip_batches = 5, 1  # fast-forward over the bomb, as --resume does
     assert [s["key"] for _, s in zip(range(6), resumed)] == [s["key"] for s in samples[5:11]]
@@ -481,6 +479,6 @@ def test_referring_files_with_bad_records_are_named(tmp_path):
 
 def test_more_streams_than_samples_is_an_error_not_a_hang(shards):
     root, _, _ = shards
-    dataset = TagShardDataset(root / "shards", root / "labels.sqlite", transform=_to_tensor, world_size=30, rank=29)
+    dataset = TagShardDataset(root / "shards", root / "labels.sqlite", transform=small_tensor, world_size=30, rank=29)
     with pytest.raises(NoTrainingSamplesError, match=r"stream 29 of 30 .* owns no sample"):
         next(iter(dataset))

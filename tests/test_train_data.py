@@ -9,15 +9,12 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from img2dataset_layout import small_tensor
 from torch.utils.data import DataLoader
 
 from tagalign.data.shards import TagShardDataset, collate_tag_batch
 from tagalign.data.synthetic import render_scene, write_img2dataset_shards
 from tagalign.tags.labels import LabelStore, write_labels
-
-
-def _to_tensor(image):
-    return torch.from_numpy(np.asarray(image.resize((32, 32)))).permute(2, 0, 1).float()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +31,7 @@ def world(tmp_path_factory):
 
 
 def _dataset(root, **kwargs):
-    return TagShardDataset(root / "shards", root / "labels.sqlite", transform=_to_tensor, **kwargs)
+    return TagShardDataset(root / "shards", root / "labels.sqlite", transform=small_tensor, **kwargs)
 
 
 def _take(dataset, n):
@@ -71,7 +68,7 @@ def test_corrupt_images_and_unlabelled_keys_are_skipped_and_counted(world, tmp_p
         Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
         extra.size = len(jpeg.getvalue())
         target.addfile(extra, io.BytesIO(jpeg.getvalue()))
-    dataset = TagShardDataset([shard], root / "labels.sqlite", transform=_to_tensor, shuffle_buffer=0,
+    dataset = TagShardDataset([shard], root / "labels.sqlite", transform=small_tensor, shuffle_buffer=0,
                               world_size=1, rank=0)
     samples = _take(dataset, 5)  # 8 in the shard - 2 corrupt = 6 good (+1 unlabelled)
     assert [s["key"] for s in samples] == [keys[0], *keys[3:7]]
@@ -98,10 +95,10 @@ def test_ranks_and_workers_get_disjoint_parts(world):
 def test_drop_empty(world, tmp_path):
     root, keys, _, labels = world
     write_labels(tmp_path / "labels.sqlite", [(k, [] if i % 2 else labels[k]) for i, k in enumerate(keys)], 12, "t")
-    dataset = TagShardDataset(root / "shards", tmp_path / "labels.sqlite", transform=_to_tensor, drop_empty=True,
+    dataset = TagShardDataset(root / "shards", tmp_path / "labels.sqlite", transform=small_tensor, drop_empty=True,
                               world_size=1, rank=0)
     assert all(s["tag_ids"] for s in _take(dataset, 30))
-    kept = TagShardDataset(root / "shards", tmp_path / "labels.sqlite", transform=_to_tensor, world_size=1, rank=0)
+    kept = TagShardDataset(root / "shards", tmp_path / "labels.sqlite", transform=small_tensor, world_size=1, rank=0)
     assert any(not s["tag_ids"] for s in _take(kept, 30))
 
 
@@ -151,7 +148,7 @@ def test_cjk_captions_are_kept_by_default_or_skipped_and_counted(tmp_path):
     write_labels(tmp_path / "labels.sqlite", [(k, [i]) for i, k in enumerate(keys)], num_tags=3, vocab_hash="t")
 
     def first_epoch(**kwargs):
-        dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=_to_tensor,
+        dataset = TagShardDataset(tmp_path / "shards", tmp_path / "labels.sqlite", transform=small_tensor,
                                   shuffle_buffer=0, world_size=1, rank=0, **kwargs)
         return _take(dataset, 2 if kwargs.get("skip_cjk") else 3)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from img2dataset_layout import small_tensor
 from PIL import Image
 
 from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset
@@ -23,9 +24,6 @@ from tagalign.tags.vocab import TagVocab
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = ["square", "circle", "triangle", "star", "cat"]
 
-
-def _to_tensor(image):
-    return torch.from_numpy(np.array(image.resize((32, 32)))).permute(2, 0, 1).float()
 
 
 @pytest.mark.parametrize("layout", ["one column", "one column, header", "index,tag", "index,tag, header"])
@@ -57,7 +55,7 @@ def test_released_tags_round_trip_into_a_training_sample(tmp_path):
     assert store.vocab_hash == vocab.hash and len(store) == 12
     frequency = np.load(tmp_path / "tags/tag_frequency.npy")
     assert np.allclose(frequency, [sum(t in ids for ids in index.values()) / 12 for t in range(5)])
-    dataset = TagShardDataset(tmp_path / "shards", tmp_path / "tags/labels.sqlite", transform=_to_tensor,
+    dataset = TagShardDataset(tmp_path / "shards", tmp_path / "tags/labels.sqlite", transform=small_tensor,
                               label_key="url", shuffle_buffer=0, world_size=1, rank=0)
     stream = iter(dataset)
     samples = [next(stream) for _ in range(12)]
@@ -117,7 +115,7 @@ def test_hub_mirror_shards_parse_label_by_key_and_train(tmp_path, tiny_clip):
     vocab = TagVocab.load(tmp_path / "tags/vocab.csv")
     from tagalign.models import get_tokenizer
 
-    dataset = TagShardDataset(tmp_path / "cc12m-wds", tmp_path / "tags/labels.sqlite", transform=_to_tensor,
+    dataset = TagShardDataset(tmp_path / "cc12m-wds", tmp_path / "tags/labels.sqlite", transform=small_tensor,
                               tokenizer=get_tokenizer(tiny_clip), shuffle_buffer=0, world_size=1, rank=0)
     stream = iter(dataset)
     samples = [next(stream) for _ in range(12)]
