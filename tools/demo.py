@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import tagalign  # noqa: E402
 from tagalign.data.synthetic import render_scene  # noqa: E402
 from tagalign.data.transforms import load_image  # noqa: E402
+from tagalign.feature_cache import PatchFeatureCache  # noqa: E402
 from tagalign.inference import parse_texts  # noqa: E402
 from tagalign.models import TagAlign  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
@@ -85,7 +86,11 @@ def main() -> None:
     if args.tags and not args.vocab:
         raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words)")
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
-    baseline = TagAlign(model.clip, surgery_layers=model.surgery_layers).eval() if args.compare_clip else None
+    baseline = None
+    if args.compare_clip:  # same frozen encoder: its features are computed once per image for both rows
+        baseline = TagAlign(model.clip, surgery_layers=model.surgery_layers,
+                            pos_interpolation=model.pos_interpolation).eval()
+        PatchFeatureCache(capacity=2).attach(model, baseline)
     vocab = _vocab(args.vocab)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
