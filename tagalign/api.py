@@ -21,13 +21,16 @@ def load(
     clip: str | None = None,
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
+    encoder: str | None = None,
+    encoder_options: dict | None = None,
 ) -> TagAlign:
     """A TagAlign model in eval mode.
 
     With a checkpoint, the CLIP it was trained on is taken from the checkpoint unless ``clip``/``pretrained`` are
     given (a local weights file, for instance); the CLIP weights hash is checked. Without a checkpoint the projector
     is untrained, i.e. the training-free CLIP-surgery baseline. With neither ``clip`` nor a checkpoint, the
-    reference's OpenAI ViT-B/16 is loaded.
+    reference's OpenAI ViT-B/16 is loaded. ``encoder`` names the dense encoder (default: the checkpoint's, else
+    ``surgery``); a checkpoint trained on another encoder is refused.
     """
     config: dict = {}
     quick_gelu = None
@@ -47,6 +50,8 @@ def load(
         surgery_layers=config.get("surgery_layers", 6),
         pos_interpolation=config.get("pos_interpolation", "bicubic"),
         projector=config.get("projector"),
+        encoder=encoder or config.get("encoder", "surgery"),
+        encoder_options=encoder_options if encoder_options is not None else config.get("encoder_options"),
     ).to(device)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -42,8 +42,7 @@ class SegmentationDemo:
 
     def __init__(self, model: TagAlign, vocab=None, tag_count: int = 10):
         self.model = model.eval()
-        self.baseline = TagAlign(model.clip, surgery_layers=model.surgery_layers,
-                                 pos_interpolation=model.pos_interpolation).eval()
+        self.baseline = TagAlign(model.clip, **model.encoder_config).eval()
         self.cache = PatchFeatureCache().attach(self.model, self.baseline)
         self.vocab = vocab
         self.tag_count = tag_count

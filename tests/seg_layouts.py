@@ -64,7 +64,8 @@ PALETTE = [(r, g, b) for r in (30, 128, 225) for g in (30, 128, 225) for b in (3
 IGNORE_COLOUR = (128, 128, 128)
 
 
-def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0) -> dict[int, tuple[int, int, int]]:
+def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0,
+                 special_sizes: bool = True) -> dict[int, tuple[int, int, int]]:
     """Write images + label PNGs (+ split file) for one layout under ``data_root``.
 
     Each image paints every pixel in its raw label's palette colour (ignored pixels grey). Returns the palette:
@@ -80,9 +81,9 @@ def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0)
     labels = []
     for index in range(num_images):
         height, width = int(rng.integers(100, 160)), int(rng.integers(170, 260))
-        if layout.large_first_image and index == 0:
+        if special_sizes and layout.large_first_image and index == 0:
             height, width = 1010, 1100
-        if layout.wide_last_image and index == num_images - 1:
+        if special_sizes and layout.wide_last_image and index == num_images - 1:
             height, width = 100, 600
         labels.append(_blocks(rng, height, width, layout.label_max, layout.ignore, ignore_value))
     present = sorted({int(v) for label in labels for v in np.unique(label)} - {ignore_value})

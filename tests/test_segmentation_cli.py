@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from seg_layouts import COCO_OBJECT_SUFFIX, LAYOUTS, write_layout
 
+from tagalign.models import ENCODERS
 from tagalign.segmentation.benchmarks import BENCHMARKS, MissingDatasetError, resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,33 +62,83 @@ def _independent_miou(gt_dir: Path, gt_suffix: str, pred_dir: Path, pred_stem_su
 
 
 @pytest.fixture(scope="module")
-def all_layouts(tmp_path_factory):
-    data_root = tmp_path_factory.mktemp("data")
+def one_image_layouts(tmp_path_factory):
+    """One image of an ordinary size per layout (tests/test_eval_protocol.py covers several images, ImageNet-S's
+    downsampled large image and the long-side cap)."""
+    data_root = tmp_path_factory.mktemp("data1")
     for seed, name in enumerate(LAYOUTS):
-        write_layout(data_root, name, seed=seed)
+        write_layout(data_root, name, num_images=1, seed=seed, special_sizes=False)
     return data_root
 
 
-def test_every_dataset_through_the_cli(all_layouts, tmp_path):
-    out, preds = tmp_path / "results.json", tmp_path / "preds"
-    env = {"TAGALIGN_EVAL_WORKERS": "0", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools/test.py"), "--dataset", "all", "--data-root", str(all_layouts),
-         "--clip", "tagalign-tiny", "--out", str(out), "--save-preds", str(preds), "--work-dir", str(tmp_path / "w")],
-        capture_output=True, text=True, env={**env, "TAGALIGN_CACHE": str(tmp_path / "cache")},
-    )
+@pytest.fixture(scope="module")
+def tiny_clip_file(tiny_clip, tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(tiny_clip.state_dict(), path)
+    return str(path)
+
+
+def _run_test_tool(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {"TAGALIGN_EVAL_WORKERS": "0", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "TAGALIGN_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), *args], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "with background" in result.stdout and "without background" in result.stdout
+    return result
+
+
+# the SCLIP family's resize (spec §10.3); other keys keep the dataset's own short side
+SCLIP_SHORT_SIDE = {"voc": 336, "voc20": 336, "context": 336, "context59": 336, "coco_object": 336,
+                    "coco_stuff": 448, "cityscapes": 560, "ade20k": 336}
+
+
+@pytest.mark.parametrize("protocol", ["tagalign", "sclip"])
+def test_every_encoder_on_every_dataset_under_each_protocol(protocol, one_image_layouts, tiny_clip_file, tmp_path):
+    """tools/test.py --dataset all --encoder all --protocol P: each encoder's mIoU equals the one recomputed from
+    its saved label maps, for every dataset key; the comparison table has a row per encoder."""
+    out, preds = tmp_path / "cmp.json", tmp_path / "preds"
+    args = ["--dataset", "all", "--encoder", "all", "--protocol", protocol, "--data-root", str(one_image_layouts),
+            "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file, "--out", str(out), "--save-preds", str(preds),
+            "--work-dir", str(tmp_path / "w")]
+    if protocol == "sclip":  # 80 templates x 920 ImageNet-S names is a minute of CPU; tests/test_protocols.py
+        args += ["--prompt-set", "simple"]  # checks the 80-template embedding
+    result = _run_test_tool(args, tmp_path)
     results = json.loads(out.read_text())
-    assert set(results) == set(EXPECTED)
-    for key, (layout_name, suffix, classes, reduce_zero) in EXPECTED.items():
-        layout = LAYOUTS[layout_name]
-        gt_dir = all_layouts / layout.subdir / layout.seg_dir
-        pred_suffix = "_leftImg8bit" if key == "cityscapes" else ""
-        miou, count = _independent_miou(gt_dir, suffix, preds / key, pred_suffix, classes, reduce_zero)
-        assert count == results[key]["num_images"] == 2, key
-        assert len(results[key]["per_class_iou"]) == classes, key
-        assert abs(results[key]["mIoU"] - miou) <= 1e-6, (key, results[key]["mIoU"], miou)
+    assert list(results) == list(ENCODERS)
+    for encoder, per_dataset in results.items():
+        assert set(per_dataset) == set(EXPECTED), encoder
+        for key, (layout_name, suffix, classes, reduce_zero) in EXPECTED.items():
+            layout = LAYOUTS[layout_name]
+            gt_dir = one_image_layouts / layout.subdir / layout.seg_dir
+            pred_suffix = "_leftImg8bit" if key == "cityscapes" else ""
+            miou, count = _independent_miou(gt_dir, suffix, preds / encoder / key, pred_suffix, classes,
+                                            reduce_zero)
+            run = per_dataset[key]
+            assert count == run["num_images"] == 1, (encoder, key)
+            assert len(run["per_class_iou"]) == classes, (encoder, key)
+            assert abs(run["mIoU"] - miou) <= 1e-6, (encoder, key, run["mIoU"], miou)
+            settings = run["settings"]
+            assert run["encoder"] == encoder and settings["inference"]["protocol"] == protocol
+            assert settings["norm"] == ("clip" if protocol == "sclip" else "imagenet")
+            expected_short = SCLIP_SHORT_SIDE.get(key) if protocol == "sclip" else None
+            assert settings["short_side"] == expected_short, (encoder, key)
+            assert settings["inference"]["feature_surgery"] is (encoder == "clip_surgery")
+    table = out.with_suffix(".md").read_text()
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:9]] == list(ENCODERS)
+    assert "| naclip | " in table and "(58.9)" in table  # NACLIP's published VOC number without PAMR
+    assert "clip_surgery" in result.stdout and "wrote" in result.stdout
+
+
+def test_one_encoder_prints_its_published_numbers(one_image_layouts, tiny_clip_file, tmp_path):
+    out = tmp_path / "naclip.json"
+    result = _run_test_tool(["--dataset", "voc20", "--preset", "naclip", "--data-root", str(one_image_layouts),
+                             "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file, "--out", str(out),
+                             "--work-dir", str(tmp_path / "w"), "--prompt-set", "simple"], tmp_path)
+    run = json.loads(out.read_text())["voc20"]
+    assert run["encoder"] == "naclip" and run["settings"]["inference"]["mode"] == "whole"
+    assert run["settings"]["inference"]["pamr"] is True
+    assert "published: NACLIP README, PAMR on" in result.stdout
+    assert f"{run['mIoU']:>8.2f}{83.03:>11.2f}" in result.stdout  # ours beside the README's VOC20 number
 
 
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):

@@ -165,3 +165,53 @@ def test_one_shared_temperature_is_an_option(tiny_clip):
     losses = shared.loss(torch.randn(2, 3, 224, 224), get_tokenizer(tiny_clip)(["a", "b"]), [[0], [1, 2]])
     (losses["loss_itc"] + losses["loss_tag"]).backward()
     assert shared.itc_loss.temperature.logit_scale.grad.abs() > 0
+
+
+# ------------------------------------------------------------------------------------- TagAlign on any encoder
+@pytest.mark.parametrize("encoder", ["clearclip", "naclip", "maskclip"])
+def test_projector_reads_the_chosen_encoders_tokens(encoder, tiny_clip):
+    """The frozen branch is that encoder's dense features (dense_features, tested against each formula), the
+    untrained projector starts there too, and the token sequence starts with CLIP's own unmodified CLS token."""
+    from tagalign.models import dense_features
+
+    model = TagAlign(tiny_clip, tag_embeddings=torch.randn(4, 64), encoder=encoder)
+    images = torch.randn(2, 3, 64, 96)
+    expected = dense_features(tiny_clip, images, encoder=encoder)
+    assert torch.allclose(model.clip_dense_features(images), expected, atol=1e-5)
+    assert torch.allclose(model.dense_features(images), expected, atol=1e-5)  # gates start at 0
+    assert not torch.allclose(expected, dense_features(tiny_clip, images, encoder="surgery"), atol=1e-3)
+    native = torch.randn(1, 3, 224, 224)  # open_clip's own forward needs the native size
+    cls = model.encode_dense(native)[:, 0]
+    visual = tiny_clip.visual
+    assert torch.allclose(visual.ln_post(cls) @ visual.proj, tiny_clip.encode_image(native), atol=1e-5)
+    assert model.config["encoder"] == encoder
+
+
+def test_training_on_another_encoder_moves_only_the_projector(tiny_clip):
+    model = TagAlign(tiny_clip, tag_embeddings=torch.randn(6, 64), encoder="naclip", encoder_options={"sigma": 3.0})
+    images = torch.randn(2, 3, 64, 64)
+    tokens = get_tokenizer(tiny_clip)(["a red square", "a blue circle"])
+    losses = model.loss(images, tokens, torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 0]]).float())
+    (losses["loss_itc"] + losses["loss_tag"]).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith(("projector.", "itc_loss.", "tag_loss.")) for n in grads)
+
+
+def test_checkpoint_records_the_encoder_and_refuses_another(tiny_clip, tmp_path):
+    import tagalign
+
+    model = TagAlign(tiny_clip, tag_embeddings=torch.randn(4, 64), encoder="naclip", encoder_options={"sigma": 3.0})
+    path = tmp_path / "naclip.pth"
+    save_checkpoint(model, path)
+    clip_file = tmp_path / "clip.pt"
+    torch.save(tiny_clip.state_dict(), clip_file)
+    loaded = tagalign.load(path, clip="tagalign-tiny", pretrained=str(clip_file))
+    assert (loaded.encoder, loaded.encoder_options) == ("naclip", {"sigma": 3.0})
+    images = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(loaded.dense_features(images), model.dense_features(images), atol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match=r"'naclip' encoder .*--encoder naclip"):
+        tagalign.load(path, clip="tagalign-tiny", pretrained=str(clip_file), encoder="clearclip")
+    with pytest.raises(CheckpointMismatchError, match=r"options \{'sigma': 3.0\}"):
+        load_checkpoint(TagAlign(tiny_clip, encoder="naclip"), path)
+    with pytest.raises(ValueError, match="unknown encoder 'dino'"):
+        TagAlign(tiny_clip, encoder="dino")

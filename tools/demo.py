@@ -88,8 +88,7 @@ def main() -> None:
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
     baseline = None
     if args.compare_clip:  # same frozen encoder: its features are computed once per image for both rows
-        baseline = TagAlign(model.clip, surgery_layers=model.surgery_layers,
-                            pos_interpolation=model.pos_interpolation).eval()
+        baseline = TagAlign(model.clip, **model.encoder_config).eval()
         PatchFeatureCache(capacity=2).attach(model, baseline)
     vocab = _vocab(args.vocab)
     out = Path(args.out)

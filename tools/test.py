@@ -5,7 +5,14 @@
     torchrun --nproc_per_node=8 tools/test.py --dataset ade20k --checkpoint CKPT --launcher pytorch
     python tools/test.py --dataset refcoco --split testA --data-root data/refer --checkpoint CKPT   # referring
 
-Without --checkpoint the untrained projector is evaluated: the training-free CLIP-surgery baseline.
+    python tools/test.py --dataset all --encoder naclip --protocol sclip        # a training-free method
+    python tools/test.py --dataset voc --preset naclip                          # NACLIP's own settings
+    python tools/test.py --dataset voc20 --encoder all --protocol sclip --out cmp.json   # + cmp.md table
+
+Without --checkpoint the untrained projector is evaluated: the chosen encoder's training-free baseline (default
+encoder: surgery). --protocol picks the evaluation family (tagalign: 448, slide 448/224, sigmoid, constant
+background; sclip: 336, slide 224/112, softmax with prob_thd, synonym files, 80 templates); --preset a method's own
+settings; every single switch below overrides both. Encoders and protocols: docs/encoders.md.
 Dataset layouts and preparation: docs/datasets.md (semantic), docs/referring.md (RefCOCO/+/g).
 """
 
@@ -19,8 +26,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tagalign.segmentation.benchmarks import BENCHMARKS, EXTRA_BENCHMARKS, MissingDatasetError  # noqa: E402
-from tagalign.segmentation.evaluate import evaluate_many, format_table, write_json  # noqa: E402
+from tagalign.models.encoders import ENCODERS  # noqa: E402
+from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
+from tagalign.segmentation.benchmarks import (  # noqa: E402
+    BENCHMARKS,
+    EXTRA_BENCHMARKS,
+    MissingDatasetError,
+    published_reference,
+)
+from tagalign.segmentation.class_names import NAME_SETS  # noqa: E402
+from tagalign.segmentation.evaluate import (  # noqa: E402
+    comparison_table,
+    evaluate_many,
+    format_table,
+    resolve_settings,
+    write_json,
+)
+from tagalign.segmentation.protocols import PRESETS, PROTOCOLS  # noqa: E402
 from tagalign.segmentation.referring import REFERRING  # noqa: E402
 
 
@@ -37,21 +59,41 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="trained projector checkpoint")
     parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")
     parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's/openai)")
-    parser.add_argument("--mode", choices=["slide", "whole"], default="slide")
-    parser.add_argument("--crop-batch", type=int, default=16, help="windows per forward (memory budget)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument("--bg-thresh", type=float, default=0.4)
-    parser.add_argument("--clip-w", type=float, default=0.3)
-    parser.add_argument("--pamr", action="store_true", help="PAMR post-processing (the paper's 'Post' rows)")
-    parser.add_argument("--score", choices=["sigmoid", "softmax"], default="sigmoid",
-                        help="sigmoid(10*cos - 2.5) per class (reference code) or softmax(10*cos) over classes "
-                             "(paper Eq. 8)")
-    parser.add_argument("--mix", choices=["probabilities", "similarities"], default="probabilities",
+    parser.add_argument("--encoder", choices=[*ENCODERS, "all"],
+                        help="dense encoder (default: the checkpoint's, the preset's, or surgery); all: every "
+                             "training-free encoder, one comparison table")
+    parser.add_argument("--encoder-options", nargs="+", action=DictAction, help="encoder options, e.g. sigma=3.0")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="evaluation family (default: the preset's, or tagalign)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a method's own settings (and its encoder)")
+    # single switches; unset ones come from the protocol/preset table for each dataset
+    parser.add_argument("--mode", choices=["slide", "whole"])
+    parser.add_argument("--short-side", type=int, help="resize the short side to this (long side <= 2048)")
+    parser.add_argument("--crop", type=int, help="slide window size")
+    parser.add_argument("--stride", type=int, help="slide window stride")
+    parser.add_argument("--pad-to", type=int, help="zero-pad windows to a multiple of this (sclip protocol)")
+    parser.add_argument("--crop-batch", type=int, help="windows per forward (memory budget; default 16)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--bg-thresh", type=float, help="tagalign protocol: constant background score (0.4)")
+    parser.add_argument("--clip-w", type=float, help="weight of the frozen CLIP branch (0.3)")
+    parser.add_argument("--pamr", action=argparse.BooleanOptionalAction, help="PAMR post-processing")
+    parser.add_argument("--score", choices=["sigmoid", "softmax"],
+                        help="tagalign protocol: sigmoid(10*cos - 2.5) per class (reference code) or softmax(10*cos) "
+                             "over classes (paper Eq. 8)")
+    parser.add_argument("--mix", choices=["probabilities", "similarities"],
                         help="mix the CLIP branch's probabilities (reference code) or its cosines (paper Eq. 7)")
-    parser.add_argument("--feature-surgery", action="store_true",
-                        help="CLIP Surgery's label-set feature surgery on the cosine maps (not in TagAlign)")
-    parser.add_argument("--norm", choices=["imagenet", "clip"], default="imagenet",
-                        help="pixel mean/std: ImageNet's (reference) or CLIP's")
+    parser.add_argument("--feature-surgery", action=argparse.BooleanOptionalAction,
+                        help="CLIP Surgery's label-set feature surgery on the cosine maps")
+    parser.add_argument("--logit-scale", type=float, help="sclip protocol: softmax temperature")
+    parser.add_argument("--prob-thd", type=float, help="sclip protocol: class 0 below this top probability")
+    parser.add_argument("--area-thd", type=float, help="sclip protocol: drop classes under this share of the "
+                                                       "foreground")
+    parser.add_argument("--norm", choices=["imagenet", "clip"], help="pixel mean/std")
+    parser.add_argument("--prompt-set", choices=sorted(TEMPLATE_SETS), help="templates for the class names")
+    parser.add_argument("--class-names", help=f"class-name set ({', '.join(NAME_SETS)}) or a file: one line per "
+                                              f"class, synonyms split on ', '")
+    parser.add_argument("--keep-duplicate-names", action="store_true",
+                        help="keep names shared by two classes as the original files have them (COCO-Object's "
+                             "'bed' is then never predicted); default: drop them from the background's synonyms")
     parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
     parser.add_argument("--save-preds", help="write predicted label maps as PNG files under DIR/<dataset>/")
     parser.add_argument("--work-dir", default="work_dirs/test")
@@ -60,10 +102,22 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+_INFERENCE_FLAGS = ("mode", "crop", "stride", "pad_to", "crop_batch", "precision", "bg_thresh", "clip_w", "pamr",
+                    "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd")
+
+
 def _inference_options(args) -> dict:
-    return dict(mode=args.mode, crop_batch=args.crop_batch, precision=args.precision, bg_thresh=args.bg_thresh,
-                clip_w=args.clip_w, pamr=args.pamr, score=args.score, mix=args.mix,
-                feature_surgery=args.feature_surgery)
+    """The inference switches given on the command line (the rest come from the protocol)."""
+    return {name: getattr(args, name) for name in _INFERENCE_FLAGS if getattr(args, name) is not None}
+
+
+def _overrides(args) -> dict:
+    overrides = {"inference": _inference_options(args)}
+    for flag, key in (("norm", "norm"), ("short_side", "short_side"), ("prompt_set", "templates"),
+                      ("class_names", "class_names")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return overrides
 
 
 def run_referring(args) -> None:
@@ -74,7 +128,8 @@ def run_referring(args) -> None:
 
     root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
     device = _init_distributed(args.launcher)
-    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device)
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device,
+                          encoder=args.encoder, encoder_options=args.encoder_options)
     inference = _inference_options(args)
     result = evaluate_referring(model, root, args.dataset, args.split or "val", args.binarize, args.templates,
                                 inference)
@@ -108,21 +163,60 @@ def _init_distributed(launcher: str) -> str:
     return "cpu"
 
 
+def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_dir: Path,
+              save_preds: str | None = None) -> dict[str, dict]:
+    return evaluate_many(keys, out=out, save_preds=save_preds, work_dir=work_dir, data_root=args.data_root,
+                         checkpoint=args.checkpoint, clip=args.clip, pretrained=args.pretrained,
+                         launcher=args.launcher, cfg_options=args.cfg_options, protocol=args.protocol,
+                         preset=args.preset, encoder=encoder, encoder_options=args.encoder_options,
+                         overrides=_overrides(args),
+                         duplicate_names="keep" if args.keep_duplicate_names else "drop_from_background")
+
+
+def run_comparison(args, keys: list[str]) -> None:
+    """Every training-free encoder on the datasets, under one protocol: one Markdown and one JSON table."""
+    from mmengine.dist import is_main_process
+
+    if args.checkpoint:
+        sys.exit("--encoder all compares the training-free encoders; leave out --checkpoint")
+    results: dict[str, dict] = {}
+    out = Path(args.out) if args.out else Path(args.work_dir) / "comparison.json"
+    for encoder in ENCODERS:
+        print(f"== encoder {encoder}")
+        save_preds = str(Path(args.save_preds) / encoder) if args.save_preds else None
+        results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds)
+        if is_main_process():
+            write_json(results, out)
+    if is_main_process():
+        table = comparison_table(results)
+        out.with_suffix(".md").write_text(table + "\n")
+        print(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.protocol is None:
+        args.protocol = PRESETS[args.preset][0] if args.preset else "tagalign"
     if args.dataset in REFERRING:
         run_referring(args)
         return
     keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
-    inference = _inference_options(args)
     try:
-        results = evaluate_many(keys, out=args.out, save_preds=args.save_preds, work_dir=args.work_dir,
-                                data_root=args.data_root, checkpoint=args.checkpoint, clip=args.clip,
-                                pretrained=args.pretrained, inference=inference, launcher=args.launcher,
-                                cfg_options=args.cfg_options, norm=args.norm)
+        for key in keys:  # a bad switch is reported before anything runs
+            resolve_settings(key, args.protocol, args.preset, _overrides(args))
+    except ValueError as err:
+        sys.exit(f"Not starting: {err}")
+    try:
+        if args.encoder == "all":
+            run_comparison(args, keys)
+            return
+        results = _evaluate(args, keys, args.encoder, args.out, Path(args.work_dir), args.save_preds)
     except MissingDatasetError as err:
         sys.exit(f"Not starting: {err}")
-    print(format_table(results))
+    encoder = next(iter(results.values()))["encoder"]
+    pamr = any(r["inference"]["pamr"] for r in results.values())
+    print(format_table(results, published_reference(encoder, trained=bool(args.checkpoint), pamr=pamr)))
     if args.out:
         print(f"wrote {args.out}")
 

@@ -272,8 +272,10 @@ def encode_texts(
     chunk_size: int = 1024,
     cache_dir: str | os.PathLike | None | bool = None,
     tokenizer=None,
+    normalize_each: bool = False,
 ) -> torch.Tensor:
-    """Text embeddings ``[len(names), D]`` as the mean over templates of the *unnormalised* embeddings.
+    """Text embeddings ``[len(names), D]`` as the mean over templates of the *unnormalised* embeddings (TCL and
+    TagAlign), or with ``normalize_each`` of the L2-normalised ones (the SCLIP family, MaskCLIP, CLIP Surgery).
 
     Prompts are ``template.format(name)``, tokenised and encoded in chunks of ``chunk_size`` prompts.
     Results are cached on disk (``$TAGALIGN_CACHE/text_embeddings`` by default, ``cache_dir=False`` disables)
@@ -296,6 +298,7 @@ def encode_texts(
                 "templates": templates,
                 "names": names,
                 "context_length": getattr(model, "context_length", None),
+                **({"normalize_each": True} if normalize_each else {}),
             },
             sort_keys=True,
         )
@@ -314,7 +317,10 @@ def encode_texts(
         tokens = tokenizer(prompts[start : start + chunk_size]).to(device)
         chunks.append(model.encode_text(tokens).float().cpu())
     model.train(was_training)
-    embeddings = torch.cat(chunks).view(len(names), len(templates), -1).mean(dim=1)
+    embeddings = torch.cat(chunks).view(len(names), len(templates), -1)
+    if normalize_each:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+    embeddings = embeddings.mean(dim=1)
     if cache_file is not None:
         _atomic_torch_save(embeddings, cache_file)
     return embeddings

@@ -29,7 +29,7 @@ from torch import nn
 
 from .dense import _embed, _feed_forward, _heads, _merge_heads, _plain_block, surgery_patch_tokens
 
-__all__ = ["ENCODERS", "dense_features", "gaussian_neighbourhood"]
+__all__ = ["ENCODERS", "dense_features", "gaussian_neighbourhood", "global_token"]
 
 
 def _trunk(visual: nn.Module, images: torch.Tensor, depth: int = 1) -> torch.Tensor:
@@ -101,6 +101,12 @@ def naclip(visual: nn.Module, images: torch.Tensor, sigma: float = 5.0) -> torch
 
 def surgery(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
     return surgery_patch_tokens(visual, images, depth)
+
+
+def global_token(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The unmodified CLIP's CLS token ``[B, width]`` before ``ln_post`` (positional table resized bicubically)."""
+    x = _trunk(visual, images)
+    return _plain_block(visual.transformer.resblocks[-1], x, getattr(visual.transformer, "batch_first", True))[:, 0]
 
 
 def clip_surgery(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""The TagAlign model: a frozen open_clip CLIP, the surgery dense encoder, a trainable projector and two losses.
+"""The TagAlign model: a frozen open_clip CLIP, a dense encoder, a trainable projector and two losses.
+
+The dense encoder is CLIP Surgery's (``surgery``, the reference) or any training-free encoder of
+:mod:`tagalign.models.encoders` (``encoder="clearclip"``, ...): the projector trains on that encoder's tokens.
 
 Only the projector and the two loss temperatures train. A checkpoint holds just that trainable state plus the
 model config, the CLIP identity (name, weights source, weights hash) and the tag-vocabulary hash; the CLIP weights
@@ -20,6 +23,7 @@ from torch import nn
 
 from .clip import ClipIdentity, clip_identity
 from .dense import POS_INTERPOLATIONS, surgery_patch_tokens, surgery_tokens, validate_surgery_depth
+from .encoders import ENCODERS, global_token
 from .losses import ImageTextContrastiveLoss, TagClassificationLoss
 from .projector import build_projector
 
@@ -41,6 +45,7 @@ _TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.")
 _ACTIVATION_NAMES = {"quick_gelu": "QuickGELU", "gelu": "GELU (nn.GELU)", None: "an unrecorded activation"}
 _LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8,
                   "shared_temperature": False}
+_SURGERY_ENCODERS = ("surgery", "clip_surgery")
 SCORES = ("sigmoid", "softmax")
 MIXES = ("probabilities", "similarities")
 
@@ -96,7 +101,10 @@ class TagAlign(nn.Module):
             the reference code has two.
         tag_names: the tag vocabulary, used for the vocabulary hash stored in checkpoints.
         pos_interpolation: how the positional table is resized for other input sizes: ``bicubic`` (TCL/TagAlign,
-            reference) or ``bilinear`` (CLIP Surgery's own code).
+            reference) or ``bilinear`` (CLIP Surgery's own code); for the ``surgery`` encoder.
+        encoder: the dense encoder the projector reads (a name in :data:`tagalign.models.encoders.ENCODERS`);
+            ``surgery`` is the reference. ``surgery_layers`` is the depth of ``surgery``/``clip_surgery``.
+        encoder_options: keyword options of that encoder (e.g. ``{"sigma": 3.0}`` for ``naclip``).
     """
 
     def __init__(
@@ -108,12 +116,20 @@ class TagAlign(nn.Module):
         loss: dict | None = None,
         tag_names: Sequence[str] | None = None,
         pos_interpolation: str = "bicubic",
+        encoder: str = "surgery",
+        encoder_options: dict | None = None,
     ):
         super().__init__()
-        validate_surgery_depth(clip_model.visual, surgery_layers)
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder '{encoder}'; choose from {sorted(ENCODERS)}")
+        validate_surgery_depth(clip_model.visual, surgery_layers if encoder in _SURGERY_ENCODERS else 1)
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got '{pos_interpolation}'")
+        if encoder != "surgery" and pos_interpolation != "bicubic":
+            raise ValueError(f"pos_interpolation applies to the surgery encoder only; '{encoder}' has its own")
         self.pos_interpolation = pos_interpolation
+        self.encoder = encoder
+        self.encoder_options = dict(encoder_options or {})
         self.clip = clip_model.eval().requires_grad_(False)
         self.surgery_layers = surgery_layers
         self.projector = build_projector(
@@ -144,6 +160,8 @@ class TagAlign(nn.Module):
         self.config = _plain({
             "surgery_layers": surgery_layers,
             "pos_interpolation": pos_interpolation,
+            "encoder": encoder,
+            "encoder_options": self.encoder_options,
             "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),
             "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
         })
@@ -153,6 +171,12 @@ class TagAlign(nn.Module):
         super().train(mode)
         self.clip.eval()
         return self
+
+    @property
+    def encoder_config(self) -> dict:
+        """The keyword arguments that build this model's dense encoder (for a second model on the same tokens)."""
+        return {"encoder": self.encoder, "encoder_options": dict(self.encoder_options),
+                "surgery_layers": self.surgery_layers, "pos_interpolation": self.pos_interpolation}
 
     @property
     def patch_size(self) -> int:
@@ -175,14 +199,25 @@ class TagAlign(nn.Module):
     # ------------------------------------------------------------------ features
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen surgery tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient."""
-        return surgery_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
+        """Frozen tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient: the encoder's patch tokens after the
+        CLS token of the unmodified CLIP (which is what the surgery encoders' original path computes)."""
+        if self.encoder == "surgery":
+            return surgery_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
+        if self.encoder == "clip_surgery":
+            return surgery_tokens(self.clip.visual, images, self.surgery_layers, "bilinear")
+        cls = global_token(self.clip.visual, images)
+        return torch.cat([cls[:, None], self._patch_tokens(images)], dim=1)
+
+    def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        if self.encoder == "surgery":
+            return surgery_patch_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
+        options = {"depth": self.surgery_layers} if self.encoder == "clip_surgery" else {}
+        return ENCODERS[self.encoder](self.clip.visual, images, **options, **self.encoder_options)
 
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen surgery patch tokens as a map ``[B, width, h, w]`` (before ln_post); the CLS is not computed."""
-        tokens = surgery_patch_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
-        return self.token_map(tokens, images)
+        """The frozen encoder's patch tokens as a map ``[B, width, h, w]`` (before ln_post); no CLS token."""
+        return self.token_map(self._patch_tokens(images), images)
 
     def token_map(self, patch_tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``[B, h*w, C]`` of ``images`` as a map ``[B, C, h, w]``."""
@@ -200,7 +235,7 @@ class TagAlign(nn.Module):
 
     @torch.no_grad()
     def clip_dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen CLIP branch: frozen ln_post/proj on the same surgery tokens, ``[B, D, h, w]``."""
+        """The frozen CLIP branch: frozen ln_post/proj on the same encoder tokens, ``[B, D, h, w]``."""
         return self._clip_projection(self.encode_patches(images))
 
     @torch.no_grad()
@@ -226,6 +261,25 @@ class TagAlign(nn.Module):
         """
         if score not in SCORES or mix not in MIXES:
             raise ValueError(f"score must be one of {SCORES} and mix one of {MIXES}; got '{score}', '{mix}'")
+        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
+
+        def activate(similarity: torch.Tensor) -> torch.Tensor:
+            logits = scale * similarity
+            return torch.sigmoid(logits + bias) if score == "sigmoid" else logits.softmax(dim=1)
+
+        if clip_w <= 0:
+            probs = activate(projected)
+        elif mix == "similarities":
+            probs = activate((1 - clip_w) * projected + clip_w * clip)
+        else:
+            probs = (1 - clip_w) * activate(projected) + clip_w * activate(clip)
+        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def cosines(self, images: torch.Tensor, text_emb: torch.Tensor, feature_surgery: bool = False,
+                with_clip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
+        CLIP branch's, both from one encoder pass; ``feature_surgery`` applies CLIP Surgery's label-set step."""
         if feature_surgery:
             tokens = self.encode_dense(images)
             patches = self.token_map(tokens[:, 1:], images)
@@ -238,18 +292,17 @@ class TagAlign(nn.Module):
             similarity = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
             return label_set_feature_surgery(similarity, cls.float() @ texts.t()) if feature_surgery else similarity
 
-        def activate(similarity: torch.Tensor) -> torch.Tensor:
-            logits = scale * similarity
-            return torch.sigmoid(logits + bias) if score == "sigmoid" else logits.softmax(dim=1)
+        clip = cosine(self._clip_projection(patches)) if with_clip else None
+        return cosine(self.projector(patches)), clip
 
-        projected = cosine(self.projector(patches))
-        if clip_w <= 0:
-            probs = activate(projected)
-        elif mix == "similarities":
-            probs = activate((1 - clip_w) * projected + clip_w * cosine(self._clip_projection(patches)))
-        else:
-            probs = (1 - clip_w) * activate(projected) + clip_w * activate(cosine(self._clip_projection(patches)))
-        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+    @torch.no_grad()
+    def similarities(self, images: torch.Tensor, text_emb: torch.Tensor, clip_w: float = 0.3,
+                     feature_surgery: bool = False) -> torch.Tensor:
+        """``(1 - clip_w) * cos_projected + clip_w * cos_clip`` ``[B, N, h, w]`` on the patch grid: the cosine maps
+        the SCLIP-family protocol averages over windows before its softmax (for an untrained projector both terms
+        are the encoder's own CLIP cosines)."""
+        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
+        return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * clip
 
     # ------------------------------------------------------------------ training objective
     def loss(
@@ -347,6 +400,14 @@ def load_checkpoint(model: TagAlign, path: str | os.PathLike, check_clip: bool =
             f"{saved.weights_hash}), but the model holds CLIP '{current.model_name}' (weights "
             f"{current.pretrained or 'random init'}, hash {current.weights_hash}). Load the same CLIP, e.g. "
             f"--clip {saved.model_name} --pretrained {saved.pretrained or '<the same weights file>'}."
+        )
+    saved_encoder = payload["config"].get("encoder", "surgery")
+    saved_options = payload["config"].get("encoder_options", {})
+    if (saved_encoder, saved_options) != (model.encoder, model.encoder_options):
+        raise CheckpointMismatchError(
+            f"{path} trained its projector on the '{saved_encoder}' encoder (options {saved_options}), but the "
+            f"model uses '{model.encoder}' (options {model.encoder_options}): "
+            f"the projector reads that encoder's tokens. Evaluate with --encoder {saved_encoder} (or leave it out)."
         )
     if payload["config"].get("surgery_layers") != model.surgery_layers:
         raise CheckpointMismatchError(

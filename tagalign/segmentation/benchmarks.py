@@ -12,7 +12,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "BenchmarkSpec", "MissingDatasetError", "resolve_data_root"]
+__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "PUBLISHED_MIOU", "BenchmarkSpec", "MissingDatasetError",
+           "published_reference", "resolve_data_root"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,42 @@ EXTRA_BENCHMARKS: dict[str, BenchmarkSpec] = {
 PAPER_MIOU = {"voc": 55.3, "context": 32.7, "coco_object": 35.1, "imagenets50": 52.8, "imagenets300": 34.4,
               "voc20": 83.8, "context59": 35.1, "coco_stuff": 23.1, "cityscapes": 27.3, "ade20k": 16.9}
 WITH_BACKGROUND = ("voc", "context", "coco_object", "imagenets50", "imagenets300")
+
+_PUBLISHED_KEYS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+
+
+def _row(*values: float | None) -> dict[str, float]:
+    return {key: value for key, value in zip(_PUBLISHED_KEYS, values) if value is not None}
+
+
+#: Published ViT-B/16 mIoU of the training-free methods (training-free spec §9): (source, numbers). Third-party
+#: numbers are marked; they come from other papers' tables, under those papers' protocols.
+PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
+    "vanilla": ("CLIP, ClearCLIP's table (bg columns: ResCLIP, 3rd-party)",
+                _row(16.2, 7.7, 5.5, 41.8, 9.2, 4.4, 5.5, 2.1)),
+    "maskclip": ("MaskCLIP re-implemented, ClearCLIP's table (bg columns: ResCLIP, 3rd-party)",
+                 _row(38.8, 23.6, 20.6, 74.9, 26.4, 16.4, 12.6, 9.8)),
+    "sclip": ("SCLIP README, its default setup", _row(59.63, 31.74, 33.52, 81.54, 34.46, 22.77, 32.34, 16.45)),
+    "clearclip": ("ClearCLIP README (bg columns: ResCLIP, 3rd-party)",
+                  _row(51.8, 32.6, 33.0, 80.9, 35.9, 23.9, 30.0, 16.7)),
+    "naclip": ("NACLIP README, PAMR on", _row(64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05)),
+    "naclip_no_pamr": ("NACLIP without PAMR (ResCLIP and Trident, 3rd-party)",
+                       _row(58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4)),
+    "clip_surgery": ("CLIP Surgery paper Table 6 (Context column: 59 or 60 unverified)",
+                     _row(None, 29.3, None, None, None, 21.9, 31.4, None)),
+    "tagalign": ("TagAlign paper Table 1", PAPER_MIOU),
+}
+
+
+def published_reference(encoder: str | None, trained: bool, pamr: bool) -> tuple[str, dict[str, float]] | None:
+    """The published row to print beside a run: TagAlign's paper for a trained surgery projector, else the
+    training-free method's own numbers (NACLIP's with or without PAMR); None where nothing was published."""
+    encoder = encoder or "surgery"
+    if trained:
+        return PUBLISHED_MIOU["tagalign"] if encoder == "surgery" else None
+    if encoder == "naclip" and not pamr:
+        return PUBLISHED_MIOU["naclip_no_pamr"]
+    return PUBLISHED_MIOU.get(encoder)
 
 
 class MissingDatasetError(FileNotFoundError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pprint
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
+from ..models.templates import TEMPLATE_SETS
 from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
 from .benchmarks import (
     BENCHMARKS,
@@ -19,16 +21,43 @@ from .benchmarks import (
     PAPER_MIOU,
     WITH_BACKGROUND,
     MissingDatasetError,
+    published_reference,
     resolve_data_root,
 )
+from .class_names import class_name_groups
 from .inference import InferenceConfig
+from .protocols import PRESETS, merge_settings, protocol_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_test_config", "check_datasets", "evaluate", "evaluate_many", "format_table"]
+__all__ = ["build_test_config", "check_datasets", "evaluate", "evaluate_many", "format_table",
+           "comparison_table", "resolve_settings"]
 
 IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
+
+
+def resolve_settings(key: str, protocol: str = "tagalign", preset: str | None = None, overrides: dict | None = None,
+                     device_has_cuda: bool | None = None) -> dict:
+    """The evaluation settings of one dataset: protocol table, then preset, then ``overrides`` (CLI flags; nested
+    ``inference`` fields merged one by one). The SCLIP family's fp16 applies on CUDA only, as the authors' OpenAI
+    loader converts to fp32 on the CPU."""
+    import torch
+    from mmseg.registry import DATASETS
+
+    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    if key not in specs:
+        raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
+    classes = DATASETS.get(specs[key].dataset_type).METAINFO["classes"]
+    settings = protocol_settings(key, protocol, preset, with_background=classes[0] == "background")
+    settings = merge_settings(settings, overrides or {})
+    inference = settings["inference"]
+    has_cuda = torch.cuda.is_available() if device_has_cuda is None else device_has_cuda
+    if inference.get("precision") == "fp16" and not has_cuda and "precision" not in (overrides or {}).get(
+            "inference", {}):
+        inference["precision"] = "fp32"
+    InferenceConfig(**inference)  # validate early, with a clear message
+    return {"protocol": protocol, "preset": preset, **settings}
 
 
 def build_test_config(
@@ -42,9 +71,16 @@ def build_test_config(
     work_dir: str | os.PathLike = "work_dirs/test",
     launcher: str = "none",
     cfg_options: dict | None = None,
-    norm: str = "imagenet",
+    norm: str | None = None,
+    protocol: str = "tagalign",
+    preset: str | None = None,
+    encoder: str | None = None,
+    encoder_options: dict | None = None,
+    overrides: dict | None = None,
+    duplicate_names: str = "drop_from_background",
 ) -> Config:
-    """The mmengine config of one benchmark (spec §6.4): Resize(short 448, long <= 2048) -> slide -> IoU."""
+    """The mmengine config of one benchmark under a protocol (spec §6.4; training-free spec §10): Resize(short S,
+    long <= 2048) -> slide or whole -> IoU. ``inference`` and ``norm`` are overrides, like ``overrides``."""
     specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
     if key not in specs:
         raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
@@ -52,20 +88,39 @@ def build_test_config(
     root = resolve_data_root(spec, data_root)
     from mmseg.registry import DATASETS
 
-    class_names = DATASETS.get(spec.dataset_type).METAINFO["classes"]
-    InferenceConfig(**(inference or {}))  # validate early, with a clear message
+    dataset_classes = list(DATASETS.get(spec.dataset_type).METAINFO["classes"])
+    overrides = merge_settings(overrides or {}, {"inference": dict(inference or {})})
+    if norm is not None:
+        overrides["norm"] = norm
+    settings = resolve_settings(key, protocol, preset, overrides)
+    if encoder is None and preset is not None and checkpoint is None:
+        encoder = PRESETS[preset][1]
+    if encoder == "clip_surgery" and "feature_surgery" not in overrides["inference"]:
+        settings["inference"]["feature_surgery"] = True  # the original method scores through its feature surgery
+    settings["encoder"] = encoder
+    templates = settings["templates"]
+    templates = list(TEMPLATE_SETS[templates]) if isinstance(templates, str) else list(templates)
+    names = class_name_groups(key, settings["class_names"], dataset_classes)
+    short_side = settings["short_side"] or spec.short_side
     cfg = dict(
         default_scope="mmseg",
         work_dir=str(work_dir),
         launcher=launcher,
+        tagalign_settings=settings,
         model=dict(
             type="TagAlignSegmentor",
-            class_names=list(class_names),
+            class_names=names,
             checkpoint=checkpoint,
             clip=clip,
             pretrained=pretrained,
-            inference=dict(inference or {}),
-            data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(norm)),
+            encoder=encoder,
+            encoder_options=encoder_options,
+            templates=templates,
+            normalize_each_template=settings["normalize_each_template"],
+            duplicate_names=duplicate_names,
+            has_background=dataset_classes[0] == "background",
+            inference=dict(settings["inference"]),
+            data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(settings["norm"])),
         ),
         test_dataloader=dict(
             batch_size=1,
@@ -74,14 +129,15 @@ def build_test_config(
             sampler=dict(type="DefaultSampler", shuffle=False),
             dataset=dict(
                 type=spec.dataset_type,
+                serialize_data=False,  # a few thousand records: sharing them with workers is not worth a gc pass
                 data_root=str(root),
                 data_prefix=dict(img_path=spec.img_path, seg_map_path=spec.seg_map_path),
                 ann_file=spec.ann_file,
                 pipeline=[
                     dict(type=spec.load_image),
-                    dict(type="Resize", scale=(spec.long_side, spec.short_side), keep_ratio=True),
+                    dict(type="Resize", scale=(spec.long_side, short_side), keep_ratio=True),
                     dict(type=spec.load_annotations),
-                    dict(type="CheckSegMap", num_classes=len(class_names), ignore_index=spec.ignore_index),
+                    dict(type="CheckSegMap", num_classes=len(dataset_classes), ignore_index=spec.ignore_index),
                     dict(type="PackSegInputs"),
                 ],
             ),
@@ -96,10 +152,25 @@ def build_test_config(
         custom_hooks=[dict(type="SavePredictionsHook", out_dir=str(save_preds))] if save_preds else [],
         log_level="INFO",
     )
-    config = Config(cfg)
+    config = _EvalConfig(cfg)
     if cfg_options:
         config.merge_from_dict(cfg_options)
     return config
+
+
+class _EvalConfig(Config):
+    """An mmengine Config written out as plain ``key = value`` Python, once: a Runner formats its config four times
+    (log, runtime info, two dumps) and mmengine's yapf formatting costs half a second per evaluation, more than a
+    small benchmark's inference. The text loads back with ``Config.fromfile``."""
+
+    @property
+    def pretty_text(self) -> str:
+        cached = self.__dict__.get("_plain_text")
+        if cached is None:
+            cached = "\n".join(f"{key} = {pprint.pformat(value, width=120, sort_dicts=False)}"
+                               for key, value in self.to_dict().items()) + "\n"
+            object.__setattr__(self, "_plain_text", cached)  # Config.__setattr__ would store it as a key
+        return cached
 
 
 def _statistics_255(norm: str) -> dict:
@@ -117,14 +188,18 @@ def evaluate(key: str, **kwargs) -> dict:
     runner = Runner.from_cfg(config)
     metrics = runner.test()
     iou_metric = runner.test_evaluator.metrics[0]
+    model = getattr(runner.model, "module", runner.model)
     return {
         "dataset": key,
+        "encoder": getattr(model.tagalign, "encoder", config.tagalign_settings["encoder"]),
         "mIoU": metrics["mIoU"],
         "aAcc": float(metrics["aAcc"]),
         "classes": list(iou_metric.dataset_meta["classes"]),
         "per_class_iou": iou_metric.per_class_iou,
         "num_images": len(runner.test_dataloader.dataset),
-        "inference": asdict(InferenceConfig(**(kwargs.get("inference") or {}))),
+        "inference": asdict(InferenceConfig(**config.tagalign_settings["inference"])),
+        "settings": {**config.tagalign_settings,
+                     "inference": asdict(InferenceConfig(**config.tagalign_settings["inference"]))},
     }
 
 
@@ -159,23 +234,53 @@ def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_pr
     return results
 
 
-def format_table(results: dict[str, dict]) -> str:
-    """Paper-style table: with-background and without-background groups, ours beside the paper's number."""
-    lines = [f"{'dataset':<14}{'ours':>8}{'paper':>8}"]
+def format_table(results: dict[str, dict], reference: tuple[str, dict[str, float]] | None = ("TagAlign paper Table 1",
+                                                                                          PAPER_MIOU)) -> str:
+    """Paper-style table: with-background and without-background groups, ours beside the published number
+    (``reference``: (source, numbers); averages over the datasets both have)."""
+    source, published = reference or ("nothing published", {})
+    grouped = [k for k in PAPER_MIOU]
+    lines = [f"published: {source}", f"{'dataset':<14}{'ours':>8}{'published':>11}"]
     for key in results:
-        if key not in PAPER_MIOU:
-            lines.append(f"{key:<14}{results[key]['mIoU']:>8.2f}{'-':>8}")
+        if key not in grouped:
+            lines.append(f"{key:<14}{results[key]['mIoU']:>8.2f}{'-':>11}")
     for group, keys in (("with background", WITH_BACKGROUND),
-                        ("without background", [k for k in PAPER_MIOU if k not in WITH_BACKGROUND])):
+                        ("without background", [k for k in grouped if k not in WITH_BACKGROUND])):
         present = [k for k in keys if k in results]
         if not present:
             continue
         lines.append(f"-- {group}")
         for key in present:
-            lines.append(f"{key:<14}{results[key]['mIoU']:>8.2f}{PAPER_MIOU[key]:>8.1f}")
+            value = f"{published[key]:.2f}" if key in published else "-"
+            lines.append(f"{key:<14}{results[key]['mIoU']:>8.2f}{value:>11}")
         ours = sum(results[k]["mIoU"] for k in present) / len(present)
-        paper = sum(PAPER_MIOU[k] for k in present) / len(present)
-        lines.append(f"{'average':<14}{ours:>8.2f}{paper:>8.1f}")
+        both = [k for k in present if k in published]
+        paper = f"{sum(published[k] for k in both) / len(both):.2f}" if both else "-"
+        lines.append(f"{'average':<14}{ours:>8.2f}{paper:>11}" + (
+            f"  (published over {len(both)} of {len(present)})" if both and len(both) < len(present) else ""))
+    return "\n".join(lines)
+
+
+def comparison_table(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one row per encoder, one column per dataset (mIoU), the encoder's published number in brackets."""
+    keys = list(dict.fromkeys(key for per_dataset in results.values() for key in per_dataset))
+    lines = ["| encoder | " + " | ".join(keys) + " | average |", "|---" * (len(keys) + 2) + "|"]
+    for encoder, per_dataset in results.items():
+        reference = published_reference(encoder, trained=False,
+                                        pamr=any(r["inference"]["pamr"] for r in per_dataset.values()))
+        published = reference[1] if reference else {}
+        cells = []
+        for key in keys:
+            if key not in per_dataset:
+                cells.append("-")
+                continue
+            cell = f"{per_dataset[key]['mIoU']:.2f}"
+            cells.append(cell + (f" ({published[key]:.1f})" if key in published else ""))
+        average = sum(r["mIoU"] for r in per_dataset.values()) / len(per_dataset)
+        lines.append(f"| {encoder} | " + " | ".join(cells) + f" | {average:.2f} |")
+    lines.append("")
+    lines.append("mIoU on this run; in brackets the method's published ViT-B/16 number (training-free spec §9), "
+                 "where one exists.")
     return "\n".join(lines)
 
 

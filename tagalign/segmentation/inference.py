@@ -39,8 +39,17 @@ class InferenceConfig:
     score: str = "sigmoid"  # "softmax": the paper's Eq. 8, softmax(scale * cos) over the classes
     mix: str = "probabilities"  # "similarities": mix the cosine maps before scoring (paper Eq. 7)
     feature_surgery: bool = False  # CLIP Surgery's label-set feature surgery on each cosine map (not in TagAlign)
+    # the SCLIP family (protocol="sclip"): window-averaged cosines, then softmax(logit_scale * cos) over the queries
+    protocol: str = "tagalign"
+    logit_scale: float = 40.0
+    prob_thd: float = 0.0  # predict class 0 where the top class probability is below this
+    area_thd: float | None = None  # zero classes whose predicted area is <= area_thd x the foreground area
+    pad_to: int = 0  # zero-pad each window symmetrically to a multiple of this (ClearCLIP: 16); 0: no padding
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("tagalign", "sclip"):
+            raise ValueError(f"protocol must be tagalign or sclip, got '{self.protocol}'")
+        self.pamr_dilations = tuple(self.pamr_dilations)
         if self.mode not in ("slide", "whole"):
             raise ValueError(f"inference mode must be 'slide' or 'whole', got '{self.mode}'")
         if self.precision not in ("fp32", "bf16", "fp16"):

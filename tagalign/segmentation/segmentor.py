@@ -1,4 +1,9 @@
-"""The mmseg segmentor wrapping a TagAlign model for the mmengine test loop (reference spec §6.4)."""
+"""The mmseg segmentor wrapping a TagAlign model for the mmengine test loop (reference spec §6.4).
+
+Two decodings, chosen by ``inference["protocol"]``: ``tagalign`` (per-window probabilities and a constant background
+channel, :mod:`.inference`) and ``sclip`` (window-averaged cosines and a softmax over all queries,
+:mod:`.similarity_inference`). Class names may carry synonyms; a class scores the max over its queries.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from mmseg.registry import MODELS
 
 from ..api import load
 from ..models.clip import DEFAULT_TEMPLATES, encode_texts
+from .class_names import resolve_duplicates
 from .inference import InferenceConfig, predict_probabilities
+from .similarity_inference import class_probabilities, labels_from_probabilities, window_similarities
 
 __all__ = ["TagAlignSegmentor"]
 
@@ -22,54 +29,85 @@ class TagAlignSegmentor(BaseSegmentor):
     """Zero-shot segmentor: class-name prompts against TagAlign's dense features.
 
     Args:
-        class_names: the dataset's class names, used verbatim in the prompts; a leading ``"background"`` is not
-            prompted but becomes the constant ``bg_thresh`` channel.
-        checkpoint: a projector checkpoint; None evaluates the untrained projector (the CLIP-surgery baseline).
+        class_names: the dataset's classes in label order, each a name or a list of synonyms. Under the
+            ``tagalign`` protocol a class 0 named just ``"background"`` is not prompted but becomes the constant
+            ``bg_thresh`` channel; under ``sclip`` every name is a query.
+        checkpoint: a projector checkpoint; None evaluates the untrained projector (the encoder's training-free
+            baseline).
         clip, pretrained: the CLIP to load (default: the checkpoint's, or OpenAI ViT-B/16).
+        encoder, encoder_options: the dense encoder (default: the checkpoint's, else ``surgery``).
         templates: prompt templates (reference: the single "a photo of a {}.").
-        inference: :class:`InferenceConfig` fields (mode, crop, stride, crop_batch, clip_w, scale, bias,
-            bg_thresh, precision).
+        normalize_each_template: L2-normalise each template's embedding before the mean (the SCLIP family).
+        duplicate_names: ``drop_from_background`` or ``keep`` (see :func:`.class_names.resolve_duplicates`).
+        has_background: whether class 0 is the dataset's background (default: its first name is "background").
+        inference: :class:`InferenceConfig` fields.
     """
 
     def __init__(
         self,
-        class_names: Sequence[str],
+        class_names: Sequence[str | Sequence[str]],
         checkpoint: str | None = None,
         clip: str | None = None,
         pretrained: str | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         inference: dict | None = None,
+        encoder: str | None = None,
+        encoder_options: dict | None = None,
+        normalize_each_template: bool = False,
+        duplicate_names: str = "drop_from_background",
+        has_background: bool | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.tagalign = load(checkpoint, clip=clip, pretrained=pretrained)
-        self.class_names = list(class_names)
-        self.with_background = self.class_names[0] == "background"
-        prompted = self.class_names[1:] if self.with_background else self.class_names
-        self.register_buffer("text_emb", encode_texts(self.tagalign.clip, prompted, templates), persistent=False)
+        self.tagalign = load(checkpoint, clip=clip, pretrained=pretrained, encoder=encoder,
+                             encoder_options=encoder_options)
         self.inference_cfg = InferenceConfig(**(inference or {}))
-        self.num_classes = self.out_channels = len(self.class_names)
+        groups = [[name] if isinstance(name, str) else list(name) for name in class_names]
+        self.class_names = [names[0] for names in groups]
+        self.with_background = self.inference_cfg.protocol == "tagalign" and groups[0] == ["background"]
+        if has_background is None:
+            has_background = self.class_names[0] == "background"
+        groups = resolve_duplicates(groups, duplicate_names, background=has_background)
+        prompted = groups[1:] if self.with_background else groups
+        queries = [name for names in prompted for name in names]
+        first = 1 if self.with_background else 0
+        self.register_buffer("query_class", torch.tensor(
+            [index for index, names in enumerate(prompted, start=first) for _ in names]), persistent=False)
+        self.register_buffer("text_emb", encode_texts(self.tagalign.clip, queries, templates,
+                                                      normalize_each=normalize_each_template), persistent=False)
+        self.num_classes = self.out_channels = len(groups)
         self.align_corners = False
 
+    def _classes(self, query_probs: torch.Tensor) -> torch.Tensor:
+        """Per-query probabilities (after the background channel, if any) -> per-class, max over synonyms."""
+        first = 1 if self.with_background else 0
+        if len(self.query_class) == self.num_classes - first:
+            return query_probs
+        per_class = query_probs.new_zeros((query_probs.shape[0], self.num_classes, *query_probs.shape[-2:]))
+        per_class[:, :first] = query_probs[:, :first]
+        index = self.query_class.view(1, -1, 1, 1).expand_as(query_probs[:, first:])
+        return per_class.scatter_reduce(1, index, query_probs[:, first:], reduce="amax", include_self=False)
+
     def encode_decode(self, inputs: torch.Tensor, batch_img_metas: list[dict] | None = None) -> torch.Tensor:
-        """``[B, C, H, W]`` class probabilities at the input resolution."""
-        return torch.cat(
-            [
-                predict_probabilities(
-                    self.tagalign, inputs[i : i + 1], self.text_emb, self.with_background, self.inference_cfg
-                )
-                for i in range(inputs.shape[0])
-            ]
-        )
+        """``[B, C, H, W]`` class probabilities at the input resolution (the ``tagalign`` protocol)."""
+        return torch.cat([
+            self._classes(predict_probabilities(self.tagalign, inputs[i : i + 1], self.text_emb,
+                                                self.with_background, self.inference_cfg))
+            for i in range(inputs.shape[0])
+        ])
 
     def predict(self, inputs: torch.Tensor, data_samples=None):
-        """Probabilities resized to each original image (bilinear) and argmaxed by mmseg's postprocess.
+        """Labels at each original image size (``tagalign``: bilinear resize of the probabilities and argmax by
+        mmseg's postprocess; ``sclip``: see :mod:`.similarity_inference`).
 
         Where the ground truth is larger than ``ori_shape`` (ImageNet-S images downsampled on load), the label map
         is then nearest-resized to the ground truth, as the reference does.
         """
-        samples = self.postprocess_result(self.encode_decode(inputs), data_samples)
+        if self.inference_cfg.protocol == "sclip":
+            samples = self._predict_sclip(inputs, data_samples)
+        else:
+            samples = self.postprocess_result(self.encode_decode(inputs), data_samples)
         for sample in samples:
             if "gt_sem_seg" not in sample:
                 continue
@@ -79,6 +117,18 @@ class TagAlignSegmentor(BaseSegmentor):
                 resized = F.interpolate(pred[None].float(), size=gt_shape, mode="nearest")[0].to(pred.dtype)
                 sample.set_data({"pred_sem_seg": PixelData(data=resized)})
         return samples
+
+    def _predict_sclip(self, inputs: torch.Tensor, data_samples):
+        config = self.inference_cfg
+        for i, sample in enumerate(data_samples):
+            image = inputs[i : i + 1]
+            cosines = window_similarities(self.tagalign, image, self.text_emb, config)
+            size = tuple(sample.metainfo.get("ori_shape", image.shape[-2:]))[:2]
+            cosines = F.interpolate(cosines, size=size, mode="bilinear", align_corners=False)
+            probs = class_probabilities(cosines, self.query_class, self.num_classes, config, image)
+            labels = labels_from_probabilities(probs, config)
+            sample.set_data({"seg_logits": PixelData(data=probs[0]), "pred_sem_seg": PixelData(data=labels)})
+        return data_samples
 
     def _forward(self, inputs, data_samples=None):
         return self.encode_decode(inputs)

@@ -1,0 +1,92 @@
+"""The two evaluation protocols and the methods' own settings, per dataset (training-free spec §10.3).
+
+``tagalign`` is the TCL/TagAlign family: ImageNet pixel statistics, short side 448, slide 448/224, per-window
+``sigmoid(10·cos − 2.5)``, a constant background channel, the prompt "a photo of a {}.", the dataset's class names.
+``sclip`` is the SCLIP family: CLIP pixel statistics, short side 336 (COCO-Stuff 448, Cityscapes 560), slide 224/112,
+window-averaged cosines resized to the original image, ``softmax(τ·cos)`` over all queries, max over synonyms,
+``prob_thd`` (and ``area_thd`` on VOC), 80 templates normalised one by one, SCLIP's synonym files, fp16 on CUDA.
+
+A preset is one method's own settings on top of its family: ``naclip`` (whole-image VOC/VOC20, τ 40, PAMR on),
+``clearclip`` (short side 448, slide 448/224 padded to 16, τ 50, plain names), ``sclip`` (the family itself).
+Datasets outside the table (ImageNet-S, the quickstart's shapes) keep their own image size; with background their
+``prob_thd`` is 0.1, as on Context60.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+__all__ = ["PRESETS", "PROTOCOLS", "merge_settings", "protocol_settings"]
+
+PROTOCOLS = ("tagalign", "sclip")
+
+_SCLIP_BASE = dict(
+    norm="clip", short_side=336, templates="openai80", normalize_each_template=True, class_names="sclip",
+    inference=dict(protocol="sclip", mode="slide", crop=224, stride=112, logit_scale=40.0, prob_thd=0.0,
+                   area_thd=None, pad_to=0, mix="similarities", pamr=False, precision="fp16"),
+)
+_TAGALIGN_BASE = dict(norm="imagenet", short_side=None, templates="simple", normalize_each_template=False,
+                      class_names="dataset", inference=dict())
+
+# per-dataset values over the family's base (spec §10.3); "inference" entries are InferenceConfig fields
+_TABLE: dict[str, dict[str, dict]] = {
+    "tagalign": {},
+    "sclip": {
+        "voc": dict(inference=dict(logit_scale=65.0, prob_thd=0.1, area_thd=0.1)),
+        "context": dict(inference=dict(logit_scale=50.0, prob_thd=0.1)),
+        "coco_object": dict(inference=dict(logit_scale=50.0, prob_thd=0.1)),
+        "coco_stuff": dict(short_side=448),
+        "cityscapes": dict(short_side=560),
+    },
+    "naclip": {
+        "*": dict(inference=dict(pamr=True, pamr_iter=10, pamr_dilations=(8, 16))),
+        "voc": dict(inference=dict(mode="whole", prob_thd=0.1)),
+        "voc20": dict(inference=dict(mode="whole")),
+        "context": dict(inference=dict(prob_thd=0.1)),
+        "coco_object": dict(inference=dict(prob_thd=0.1)),
+        "cityscapes": dict(short_side=560),
+    },
+    "clearclip": {
+        "*": dict(short_side=448, class_names="plain",
+                  inference=dict(crop=448, stride=224, pad_to=16, logit_scale=50.0)),
+        "voc": dict(inference=dict(prob_thd=0.5)),
+        "context": dict(inference=dict(prob_thd=0.15)),
+        "coco_object": dict(inference=dict(prob_thd=0.4)),
+        "cityscapes": dict(inference=dict(crop=224, stride=224)),
+    },
+}
+#: preset -> (protocol family, the encoder it runs by default)
+PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
+           "clearclip": ("sclip", "clearclip")}
+_TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+
+
+def merge_settings(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested dicts merged key by key."""
+    merged = deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def protocol_settings(key: str, protocol: str = "tagalign", preset: str | None = None,
+                      with_background: bool = False) -> dict:
+    """``{norm, short_side, templates, normalize_each_template, class_names, inference}`` for dataset ``key``
+    (``short_side`` None: the dataset's own; ``inference``: :class:`.inference.InferenceConfig` fields)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol '{protocol}'; choose from {PROTOCOLS}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose from {sorted(PRESETS)}")
+    if preset is not None and PRESETS[preset][0] != protocol:
+        raise ValueError(f"preset '{preset}' belongs to the '{PRESETS[preset][0]}' protocol, not '{protocol}'")
+    settings = deepcopy(_SCLIP_BASE if protocol == "sclip" else _TAGALIGN_BASE)
+    if protocol == "sclip" and key not in _TABLED_DATASETS:
+        settings["short_side"] = None
+        if with_background:
+            settings["inference"]["prob_thd"] = 0.1
+    table = _TABLE[preset or protocol]  # a preset's table replaces its family's
+    settings = merge_settings(settings, table.get("*", {}))
+    return merge_settings(settings, table.get(key, {}))
