@@ -9,6 +9,9 @@ model = dict(
     pretrained=f"{data_root}/tiny_clip.pt",  # the tiny CLIP's random weights, written once by the data generator
     tag_embeddings=f"{data_root}/tags/tag_embeddings.pt",
     tag_frequency=f"{data_root}/tags/tag_frequency.npy",
+    # the dense encoder the projector reads: "surgery" (TagAlign) or any tagalign.models.ENCODERS name, e.g.
+    # "clearclip" or "naclip" (--cfg-options model.encoder=clearclip); checkpoints record it
+    encoder="surgery",
     surgery_layers=6,
     projector=dict(type="gated_conv", num_units=4, kernel_size=3),
     loss=dict(tag_mode="softmax", itc_weight=1.0, tag_weight=1.0),

@@ -33,12 +33,22 @@ __all__ = ["build_shapes_world", "run_quickstart"]
 
 
 def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval: int = 40, seed: int = 0) -> dict:
-    """Write the shapes world under ``root``: ``tiny_clip.pt``, ``shards/``, ``tags/``, ``shapes_voc/``."""
+    """Write the shapes world under ``root``: ``tiny_clip.pt``, ``shards/``, ``tags/``, ``shapes_voc/``.
+
+    A finished world leaves ``world.json``; a later call with the same sizes and seed reuses it (a quickstart on
+    another encoder trains on the same data)."""
     from .models.clip import load_clip
     from .tags.embed import embed_vocab
     from .tags.merge import merge_parsed
 
     root = Path(root)
+    marker = root / "world.json"
+    params = {"num_train": num_train, "num_eval": num_eval, "seed": seed}
+    if marker.is_file():
+        world = json.loads(marker.read_text())
+        if world.get("params") == params:
+            logger.info("shapes world: reusing %s (%d training images)", root, world["train_samples"])
+            return {**world, "clip": str(root / "tiny_clip.pt")}
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     clip_file = root / "tiny_clip.pt"
@@ -66,12 +76,19 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
     write_refer_dataset(root / "refer", "shapes-ref", [render_referring_scene(rng) for _ in range(num_eval // 2)])
     logger.info("shapes world: %d training images in %s, %d evaluation images", len(keys), root / "shards",
                 num_eval)
-    return {"clip": str(clip_file), "train_samples": len(keys), "eval_images": num_eval}
+    world = {"clip": str(clip_file), "train_samples": len(keys), "eval_images": num_eval, "params": params}
+    partial = marker.with_suffix(".json.partial")
+    partial.write_text(json.dumps(world))
+    partial.replace(marker)  # written last and atomically: a world cut off half-way is rebuilt
+    return world
 
 
 def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_root: str | os.PathLike | None = None,
-                   max_iters: int | None = None) -> dict:
-    """Generate data, evaluate the untrained projector, train, evaluate again, write an overlay image."""
+                   max_iters: int | None = None, encoder: str | None = None) -> dict:
+    """Generate data, evaluate the untrained projector, train, evaluate again, write an overlay image.
+
+    ``encoder`` puts the projector on another dense encoder (``clearclip``, ``naclip``, ...; default: the config's
+    ``model.encoder``, else ``surgery``); the "before" number is then that encoder's training-free baseline."""
     from mmengine.config import Config
 
     from .segmentation.evaluate import evaluate
@@ -85,29 +102,33 @@ def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_roo
     if max_iters:
         cfg.train_cfg.max_iters = max_iters
         cfg.default_hooks.checkpoint.interval = max(max_iters // 2, 1)
+    if encoder:
+        cfg.model.encoder = encoder
+    encoder = cfg.model.get("encoder", "surgery")
     world = build_shapes_world(data_root)
     eval_kwargs = dict(data_root=data_root, clip="tagalign-tiny", pretrained=world["clip"],
                        inference=dict(crop=224, stride=112))
-    before = evaluate("shapes", work_dir=work_dir.parent / "eval_untrained", **eval_kwargs)
+    before = evaluate("shapes", work_dir=work_dir.parent / "eval_untrained", encoder=encoder, **eval_kwargs)
     runner = train(cfg, work_dir=work_dir)
     checkpoint = Path(runner.work_dir) / "tagalign_latest.pth"
     after = evaluate("shapes", checkpoint=str(checkpoint), work_dir=work_dir.parent / "eval_trained", **eval_kwargs)
     overlay_path = _write_overlay(checkpoint, world["clip"], data_root / "shapes_voc", work_dir.parent)
-    referring = _referring(checkpoint, world["clip"], data_root / "refer")
-    summary = {"miou_untrained": before["mIoU"], "miou_trained": after["mIoU"], "checkpoint": str(checkpoint),
+    referring = _referring(checkpoint, world["clip"], data_root / "refer", encoder)
+    summary = {"encoder": encoder, "miou_untrained": before["mIoU"], "miou_trained": after["mIoU"],
+               "checkpoint": str(checkpoint),
                "overlay": str(overlay_path), "iterations": cfg.train_cfg.max_iters, "referring": referring}
     (work_dir.parent / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _referring(checkpoint: Path, clip_file: str, refer_root: Path) -> dict:
+def _referring(checkpoint: Path, clip_file: str, refer_root: Path, encoder: str) -> dict:
     """mIoU / oIoU on the shapes referring split, untrained vs trained projector (same code as tools/test.py)."""
     from .api import load
     from .segmentation.referring import evaluate_referring
 
     scores = {}
     for name, ckpt in (("untrained", None), ("trained", checkpoint)):
-        model = load(ckpt, clip="tagalign-tiny", pretrained=clip_file)
+        model = load(ckpt, clip="tagalign-tiny", pretrained=clip_file, encoder=encoder)
         result = evaluate_referring(model, refer_root, "shapes-ref", "val", inference=dict(crop=224, stride=112),
                                     short_side=224, progress=False)
         scores[name] = {k: result[k] for k in ("mIoU", "oIoU", "precision@0.5", "num_expressions")}

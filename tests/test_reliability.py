@@ -383,6 +383,29 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
     assert "num_workers 1 -> 2" in result.stderr and "train_dataloader.num_workers=1" in result.stderr
 
 
+def test_resume_with_another_encoder_is_refused(tmp_path):
+    """The projector of a checkpoint read one encoder's tokens; resuming under another encoder is refused."""
+    from tagalign.quickstart import build_shapes_world
+
+    world = tmp_path / "world"
+    build_shapes_world(world, num_train=16, num_eval=2)
+
+    def command(iters, encoder):
+        options = {"model.pretrained": world / "tiny_clip.pt", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
+                   "model.tag_frequency": world / "tags/tag_frequency.npy", "model.encoder": encoder,
+                   "train_dataloader.dataset.shards": world / "shards",
+                   "train_dataloader.dataset.labels": world / "tags/labels.sqlite", "train_dataloader.batch_size": 4,
+                   "train_dataloader.num_workers": 0, "train_cfg.max_iters": iters,
+                   "default_hooks.checkpoint.interval": 1}
+        return [sys.executable, str(ROOT / "tools/train.py"), str(ROOT / "configs/quickstart.py"), "--work-dir",
+                str(tmp_path / "work"), "--cfg-options", *[f"{k}={v}" for k, v in options.items()]]
+
+    subprocess.run(command(1, "clearclip"), check=True, capture_output=True)
+    result = subprocess.run(command(2, "naclip") + ["--resume"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "trained on the 'clearclip' encoder" in result.stderr and "'naclip'" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------- 10: demo
 def test_demo_duplicate_queries_thin_images_and_foreign_vocab(tiny_clip, tmp_path):
     import tagalign

@@ -65,6 +65,15 @@ class TrainingStatsHook(Hook):
                 f"hash {saved['clip']['weights_hash']}); this run loads {current.model_name} ({current.pretrained}, "
                 f"hash {current.weights_hash})"
             )
+        inner = _inner(runner)
+        saved_encoder = (saved.get("config", {}).get("encoder", "surgery"), saved.get("config", {}).get(
+            "encoder_options", {}))
+        if saved_encoder != (inner.encoder, inner.encoder_options):
+            raise RuntimeError(
+                f"the checkpoint's projector was trained on the '{saved_encoder[0]}' encoder {saved_encoder[1]}; "
+                f"this run's config uses '{inner.encoder}' {inner.encoder_options}. Resume with the same "
+                f"model.encoder, or start a new work dir."
+            )
         self.totals.update(saved.get("skipped", {}))
 
 

@@ -41,12 +41,14 @@ class TagAlignTrainModel(BaseModel):
         clip, pretrained: the frozen CLIP (see :func:`tagalign.models.clip.load_clip`).
         tag_embeddings: ``tag_embeddings.pt`` from ``tools/parse_tags.py embed`` (must come from the same CLIP).
         tag_frequency: ``tag_frequency.npy`` (needed by the ``balanced`` and ``weighted`` tag losses).
-        surgery_layers, projector, loss, pos_interpolation: see :class:`tagalign.models.TagAlign`.
+        surgery_layers, projector, loss, pos_interpolation, encoder, encoder_options: see
+            :class:`tagalign.models.TagAlign` (``encoder="clearclip"`` trains the projector on ClearCLIP's tokens).
     """
 
     def __init__(self, clip: str, pretrained: str | None, tag_embeddings: str, tag_frequency: str | None = None,
                  surgery_layers: int = 6, projector: dict | None = None, loss: dict | None = None,
-                 pos_interpolation: str = "bicubic", data_preprocessor: dict | None = None):
+                 pos_interpolation: str = "bicubic", encoder: str = "surgery", encoder_options: dict | None = None,
+                 data_preprocessor: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"))
         clip_model = load_clip(clip, pretrained)
         payload = load_tag_embeddings(tag_embeddings)
@@ -67,7 +69,8 @@ class TagAlignTrainModel(BaseModel):
                 raise ValueError(f"{tag_frequency} has {len(loss['tag_frequency'])} tags, "
                                  f"{tag_embeddings} has {len(payload['embeddings'])}")
         self.tagalign = TagAlign(clip_model, payload["embeddings"], surgery_layers, projector, loss,
-                                 tag_names=payload["tags"], pos_interpolation=pos_interpolation)
+                                 tag_names=payload["tags"], pos_interpolation=pos_interpolation, encoder=encoder,
+                                 encoder_options=encoder_options)
 
     def forward(self, images: torch.Tensor, text_tokens=None, tag_ids=None, mode: str = "loss", **unused):
         if mode != "loss":
