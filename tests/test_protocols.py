@@ -182,6 +182,16 @@ def test_sclip_protocol_text_embeddings_normalise_each_template(clip_file):
     assert seg.query_class.tolist() == QUERY_CLASS and seg.num_classes == len(CLASSES)
 
 
+def test_the_80_openai_templates():
+    from tagalign.models.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS
+
+    assert len(OPENAI_IMAGENET_TEMPLATES) == len(set(OPENAI_IMAGENET_TEMPLATES)) == 80
+    assert all(t.count("{}") == 1 for t in OPENAI_IMAGENET_TEMPLATES)
+    assert OPENAI_IMAGENET_TEMPLATES[:2] == ("a bad photo of a {}.", "a photo of many {}.")  # OpenAI's order
+    assert OPENAI_IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
+    assert TEMPLATE_SETS["simple"] == ("a photo of a {}.",)
+
+
 @torch.no_grad()
 def _tagalign_statement(seg, image, texts, cfg: InferenceConfig, out_size, with_background):
     """Reference spec §6 per window: sigmoid(10·cos − 2.5) on the grid for the projected and the CLIP branch, mixed

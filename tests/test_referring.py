@@ -138,3 +138,11 @@ def test_two_processes_give_the_single_process_result(refer, tmp_path):
         assert two[key] == pytest.approx(one[key], abs=1e-9), key
     assert [r["sent_id"] for r in two["per_sentence"]] == [r["sent_id"] for r in one["per_sentence"]]
     assert np.allclose([r["iou"] for r in two["per_sentence"]], [r["iou"] for r in one["per_sentence"]], atol=1e-9)
+
+
+@pytest.mark.parametrize("flags", [["--protocol", "sclip"], ["--encoder", "all"], ["--preset", "naclip"]])
+def test_semantic_only_flags_are_refused_for_referring(flags, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--dataset", "refcoco", "--data-root",
+                             str(tmp_path), *flags], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "referring segmentation has one protocol" in result.stderr

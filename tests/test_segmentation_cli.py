@@ -129,16 +129,24 @@ def test_every_encoder_on_every_dataset_under_each_protocol(protocol, one_image_
     assert "clip_surgery" in result.stdout and "wrote" in result.stdout
 
 
-def test_one_encoder_prints_its_published_numbers(one_image_layouts, tiny_clip_file, tmp_path):
+def test_one_encoder_prints_its_published_numbers_and_resumes(one_image_layouts, tiny_clip_file, tmp_path):
     out = tmp_path / "naclip.json"
-    result = _run_test_tool(["--dataset", "voc20", "--preset", "naclip", "--data-root", str(one_image_layouts),
-                             "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file, "--out", str(out),
-                             "--work-dir", str(tmp_path / "w"), "--prompt-set", "simple"], tmp_path)
+    args = ["--dataset", "voc20", "--preset", "naclip", "--data-root", str(one_image_layouts), "--clip",
+            "tagalign-tiny", "--pretrained", tiny_clip_file, "--out", str(out), "--work-dir", str(tmp_path / "w"),
+            "--prompt-set", "simple"]
+    result = _run_test_tool(args, tmp_path)
     run = json.loads(out.read_text())["voc20"]
     assert run["encoder"] == "naclip" and run["settings"]["inference"]["mode"] == "whole"
     assert run["settings"]["inference"]["pamr"] is True
     assert "published: NACLIP README, PAMR on" in result.stdout
     assert f"{run['mIoU']:>8.2f}{83.03:>11.2f}" in result.stdout  # ours beside the README's VOC20 number
+    # --resume: the stored result is reused while the settings are the same, recomputed once one changes
+    again = _run_test_tool([*args, "--resume"], tmp_path)
+    assert "voc20: mIoU" in again.stdout and "reused from the earlier run" in again.stdout
+    assert json.loads(out.read_text())["voc20"] == run
+    changed = _run_test_tool([*args, "--resume", "--logit-scale", "30"], tmp_path)
+    assert "reused" not in changed.stdout and "over 1 images" in changed.stdout
+    assert json.loads(out.read_text())["voc20"]["settings"]["inference"]["logit_scale"] == 30.0
 
 
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):

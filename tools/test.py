@@ -19,6 +19,7 @@ Dataset layouts and preparation: docs/datasets.md (semantic), docs/referring.md 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def parse_args() -> argparse.Namespace:
                         help="keep names shared by two classes as the original files have them (COCO-Object's "
                              "'bed' is then never predicted); default: drop them from the background's synonyms")
     parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the results already in --out (or the comparison JSON) whose settings equal this "
+                             "run's; evaluate the rest")
     parser.add_argument("--save-preds", help="write predicted label maps as PNG files under DIR/<dataset>/")
     parser.add_argument("--work-dir", default="work_dirs/test")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
@@ -126,6 +130,9 @@ def run_referring(args) -> None:
     import tagalign
     from tagalign.segmentation.referring import evaluate_referring, format_referring_table
 
+    if args.encoder == "all" or args.protocol != "tagalign" or args.preset:
+        sys.exit("Not starting: referring segmentation has one protocol (docs/referring.md) and one encoder per run; "
+                 "--encoder all, --protocol and --preset are for the semantic benchmarks")
     root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
     device = _init_distributed(args.launcher)
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device,
@@ -163,9 +170,20 @@ def _init_distributed(launcher: str) -> str:
     return "cpu"
 
 
+def _previous(path: Path | None, resume: bool) -> dict:
+    """The results an earlier run wrote to ``path`` (with --resume)."""
+    if not resume or path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        sys.exit(f"Not starting: --resume cannot read {path} ({err}); move it away or leave out --resume")
+
+
 def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_dir: Path,
-              save_preds: str | None = None) -> dict[str, dict]:
-    return evaluate_many(keys, out=out, save_preds=save_preds, work_dir=work_dir, data_root=args.data_root,
+              save_preds: str | None = None, previous: dict | None = None) -> dict[str, dict]:
+    return evaluate_many(keys, out=out, save_preds=save_preds, work_dir=work_dir, previous=previous,
+                         data_root=args.data_root,
                          checkpoint=args.checkpoint, clip=args.clip, pretrained=args.pretrained,
                          launcher=args.launcher, cfg_options=args.cfg_options, protocol=args.protocol,
                          preset=args.preset, encoder=encoder, encoder_options=args.encoder_options,
@@ -181,10 +199,12 @@ def run_comparison(args, keys: list[str]) -> None:
         sys.exit("--encoder all compares the training-free encoders; leave out --checkpoint")
     results: dict[str, dict] = {}
     out = Path(args.out) if args.out else Path(args.work_dir) / "comparison.json"
+    previous = _previous(out, args.resume)
     for encoder in ENCODERS:
         print(f"== encoder {encoder}")
         save_preds = str(Path(args.save_preds) / encoder) if args.save_preds else None
-        results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds)
+        results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds,
+                                     previous.get(encoder))
         if is_main_process():
             write_json(results, out)
     if is_main_process():
@@ -211,7 +231,8 @@ def main() -> None:
         if args.encoder == "all":
             run_comparison(args, keys)
             return
-        results = _evaluate(args, keys, args.encoder, args.out, Path(args.work_dir), args.save_preds)
+        results = _evaluate(args, keys, args.encoder, args.out, Path(args.work_dir), args.save_preds,
+                            _previous(Path(args.out) if args.out else None, args.resume))
     except MissingDatasetError as err:
         sys.exit(f"Not starting: {err}")
     encoder = next(iter(results.values()))["encoder"]

@@ -31,7 +31,7 @@ from .protocols import PRESETS, merge_settings, protocol_settings
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_test_config", "check_datasets", "evaluate", "evaluate_many", "format_table",
-           "comparison_table", "resolve_settings"]
+           "comparison_table", "resolve_settings", "run_settings"]
 
 IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
@@ -98,6 +98,8 @@ def build_test_config(
     if encoder == "clip_surgery" and "feature_surgery" not in overrides["inference"]:
         settings["inference"]["feature_surgery"] = True  # the original method scores through its feature surgery
     settings["encoder"] = encoder
+    settings["model"] = {"checkpoint": checkpoint, "clip": clip, "pretrained": pretrained,
+                         "encoder_options": encoder_options, "duplicate_names": duplicate_names}
     templates = settings["templates"]
     templates = list(TEMPLATE_SETS[templates]) if isinstance(templates, str) else list(templates)
     names = class_name_groups(key, settings["class_names"], dataset_classes)
@@ -182,8 +184,16 @@ def _statistics_255(norm: str) -> dict:
     return {"mean": [255 * m for m in mean], "std": [255 * s for s in std]}
 
 
+def run_settings(config: Config) -> dict:
+    """What a result was computed with (protocol, preset, encoder, model, every inference field), as stored in its
+    JSON: a resumed run reuses a stored result only where this is equal."""
+    settings = config.tagalign_settings.to_dict()
+    settings["inference"] = asdict(InferenceConfig(**settings["inference"]))
+    return json.loads(json.dumps(settings))
+
+
 def evaluate(key: str, **kwargs) -> dict:
-    """Evaluate one benchmark: dataset, mIoU, aAcc, classes, per_class_iou, num_images, inference."""
+    """Evaluate one benchmark: dataset, mIoU, aAcc, classes, per_class_iou, num_images, inference, settings."""
     config = build_test_config(key, **kwargs)
     runner = Runner.from_cfg(config)
     metrics = runner.test()
@@ -198,8 +208,7 @@ def evaluate(key: str, **kwargs) -> dict:
         "per_class_iou": iou_metric.per_class_iou,
         "num_images": len(runner.test_dataloader.dataset),
         "inference": asdict(InferenceConfig(**config.tagalign_settings["inference"])),
-        "settings": {**config.tagalign_settings,
-                     "inference": asdict(InferenceConfig(**config.tagalign_settings["inference"]))},
+        "settings": run_settings(config),
     }
 
 
@@ -218,17 +227,24 @@ def check_datasets(keys: list[str], data_root: str | os.PathLike | None) -> dict
 
 
 def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_preds: str | os.PathLike | None = None,
-                  work_dir: str | os.PathLike = "work_dirs/test", **kwargs) -> dict[str, dict]:
+                  work_dir: str | os.PathLike = "work_dirs/test", previous: dict[str, dict] | None = None,
+                  **kwargs) -> dict[str, dict]:
     """Evaluate several benchmarks after checking they are all present; ``out`` is rewritten after each one, so a
-    failure later loses nothing that finished."""
+    failure later loses nothing that finished. A result in ``previous`` (an earlier run's JSON) is reused where its
+    settings equal this run's (and predictions are not being saved)."""
     for key, root in check_datasets(keys, kwargs.get("data_root")).items():
         print(f"{key}: data from {root}")
     results: dict[str, dict] = {}
     for key in keys:
-        results[key] = evaluate(key, save_preds=Path(save_preds) / key if save_preds else None,
-                                work_dir=Path(work_dir) / key, **kwargs)
-        if is_main_process():
-            print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
+        stored = (previous or {}).get(key)
+        preds = Path(save_preds) / key if save_preds else None
+        if stored and not preds and stored.get("settings") == run_settings(build_test_config(key, **kwargs)):
+            results[key] = stored
+            print(f"{key}: mIoU {stored['mIoU']:.2f} reused from the earlier run (same settings)")
+        else:
+            results[key] = evaluate(key, save_preds=preds, work_dir=Path(work_dir) / key, **kwargs)
+            if is_main_process():
+                print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
             if out:  # one writer under torchrun; every rank holds the same (broadcast) metrics
                 write_json(results, out)
     return results
