@@ -165,7 +165,7 @@ def test_sclip_protocol_equals_its_per_window_statement(case, clip_file):
     assert result.pred_sem_seg.data.shape == (1, *out_size)
     assert torch.allclose(result.seg_logits.data, expected_probs, atol=1e-5)
     _assert_same_labels(result.pred_sem_seg.data[0], expected, expected_probs)
-    # each optional step of the case changes the labels (so the comparison above covers it)
+    # each optional step of the case changes the result (so the comparison above covers it)
     for step, off in (("prob_thd", 0.0), ("area_thd", None), ("pamr", False), ("pad_to", 0)):
         if step in fields and fields[step] != off:
             probs, labels = _sclip_statement(seg, encoder, image, texts, InferenceConfig(**{**fields, step: off}),
