@@ -28,9 +28,9 @@ def load(
 
     With a checkpoint, the CLIP it was trained on is taken from the checkpoint unless ``clip``/``pretrained`` are
     given (a local weights file, for instance); the CLIP weights hash is checked. Without a checkpoint the projector
-    is untrained, i.e. the encoder's training-free baseline (CLIP surgery by default). With neither ``clip`` nor a checkpoint, the
-    reference's OpenAI ViT-B/16 is loaded. ``encoder`` names the dense encoder (default: the checkpoint's, else
-    ``surgery``); a checkpoint trained on another encoder is refused.
+    is untrained, i.e. the encoder's training-free baseline (CLIP surgery by default). With neither ``clip`` nor a
+    checkpoint, the reference's OpenAI ViT-B/16 is loaded. ``encoder`` names the dense encoder (default: the
+    checkpoint's, else ``surgery``); a checkpoint trained on another encoder is refused.
     """
     config: dict = {}
     quick_gelu = None
