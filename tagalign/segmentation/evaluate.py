@@ -37,6 +37,13 @@ IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
 
 
+def _spec(key: str):
+    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    if key not in specs:
+        raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
+    return specs[key]
+
+
 def resolve_settings(key: str, protocol: str = "tagalign", preset: str | None = None, overrides: dict | None = None,
                      device_has_cuda: bool | None = None) -> dict:
     """The evaluation settings of one dataset: protocol table, then preset, then ``overrides`` (CLI flags; nested
@@ -45,10 +52,7 @@ def resolve_settings(key: str, protocol: str = "tagalign", preset: str | None = 
     import torch
     from mmseg.registry import DATASETS
 
-    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
-    if key not in specs:
-        raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
-    classes = DATASETS.get(specs[key].dataset_type).METAINFO["classes"]
+    classes = DATASETS.get(_spec(key).dataset_type).METAINFO["classes"]
     settings = protocol_settings(key, protocol, preset, with_background=classes[0] == "background")
     settings = merge_settings(settings, overrides or {})
     inference = settings["inference"]
@@ -81,10 +85,7 @@ def build_test_config(
 ) -> Config:
     """The mmengine config of one benchmark under a protocol (spec §6.4; training-free spec §10): Resize(short S,
     long <= 2048) -> slide or whole -> IoU. ``inference`` and ``norm`` are overrides, like ``overrides``."""
-    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
-    if key not in specs:
-        raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
-    spec = specs[key]
+    spec = _spec(key)
     root = resolve_data_root(spec, data_root)
     from mmseg.registry import DATASETS
 
@@ -199,6 +200,7 @@ def evaluate(key: str, **kwargs) -> dict:
     metrics = runner.test()
     iou_metric = runner.test_evaluator.metrics[0]
     model = getattr(runner.model, "module", runner.model)
+    settings = run_settings(config)
     return {
         "dataset": key,
         "encoder": getattr(model.tagalign, "encoder", config.tagalign_settings["encoder"]),
@@ -207,18 +209,17 @@ def evaluate(key: str, **kwargs) -> dict:
         "classes": list(iou_metric.dataset_meta["classes"]),
         "per_class_iou": iou_metric.per_class_iou,
         "num_images": len(runner.test_dataloader.dataset),
-        "inference": asdict(InferenceConfig(**config.tagalign_settings["inference"])),
-        "settings": run_settings(config),
+        "inference": settings["inference"],
+        "settings": settings,
     }
 
 
 def check_datasets(keys: list[str], data_root: str | os.PathLike | None) -> dict[str, Path]:
     """Where each requested dataset is; every missing one is named in a single error, before anything starts."""
-    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
     roots, problems = {}, []
     for key in keys:
         try:
-            roots[key] = resolve_data_root(specs[key], data_root)
+            roots[key] = resolve_data_root(_spec(key), data_root)
         except MissingDatasetError as err:
             problems.append(str(err))
     if problems:
