@@ -1,12 +1,13 @@
-# The embedded default: the tiny random CLIP on the generated shapes world, a few hundred iterations on CPU.
-# Run it with `python tools/quickstart.py`, which generates the data under work_dirs/quickstart/data first.
+# The embedded default: TagAlign on a tiny CLIP pretrained on the generated shapes world, a few hundred iterations on
+# CPU. Run it with `python tools/quickstart.py`, which generates the data and pretrains the CLIP under
+# work_dirs/quickstart/data first (tags/ holds objects and attributes; tags_objects/ the objects-only ablation).
 _base_ = ["_base_/default_runtime.py", "_base_/schedules/constant_30k.py"]
 data_root = "work_dirs/quickstart/data"
 work_dir = "work_dirs/quickstart/train"
 model = dict(
     type="TagAlignTrainModel",
-    clip="tagalign-tiny",
-    pretrained=f"{data_root}/tiny_clip.pt",  # the tiny CLIP's random weights, written once by the data generator
+    clip="tagalign-tiny-112",
+    pretrained=f"{data_root}/tiny_clip",  # open_clip folder: the tiny CLIP pretrained contrastively on the world
     tag_embeddings=f"{data_root}/tags/tag_embeddings.pt",
     tag_frequency=f"{data_root}/tags/tag_frequency.npy",
     # the dense encoder the projector reads: "surgery" (TagAlign) or any tagalign.models.ENCODERS name, e.g.
@@ -23,7 +24,7 @@ train_dataloader = dict(
     sampler=None,
     collate_fn=dict(type="collate_tag_batch"),
     dataset=dict(type="TagAlignTrainData", shards=f"{data_root}/shards", labels=f"{data_root}/tags/labels.sqlite",
-                 clip="tagalign-tiny", image_size=224, deit_aug=False, shuffle_buffer=500),
+                 clip="tagalign-tiny-112", image_size=112, deit_aug=False, shuffle_buffer=500),
 )
 optim_wrapper = dict(  # fp32 on CPU; otherwise the reference settings
     _delete_=True,
@@ -33,7 +34,7 @@ optim_wrapper = dict(  # fp32 on CPU; otherwise the reference settings
     constructor="TagAlignOptimWrapperConstructor",
 )
 auto_scale_lr = dict(enable=False)
-train_cfg = dict(max_iters=300)
+train_cfg = dict(max_iters=500)
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
-default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=150, max_keep_ckpts=2))
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=250, max_keep_ckpts=2))
 visualizer = dict(vis_backends=[dict(type="LocalVisBackend")])

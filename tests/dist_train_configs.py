@@ -20,13 +20,13 @@ from tagalign.training.run import train
 def cpu_config(config: Path, world: Path, work_dir: Path) -> Config:
     cfg = Config.fromfile(str(config))
     cfg.merge_from_dict({
-        "model.clip": "tagalign-tiny",
-        "model.pretrained": str(world / "tiny_clip.pt"),
+        "model.clip": "tagalign-tiny-112",
+        "model.pretrained": str(world / "tiny_clip"),
         "model.tag_embeddings": str(world / "tags/tag_embeddings.pt"),
         "model.tag_frequency": str(world / "tags/tag_frequency.npy"),
         "train_dataloader.dataset.shards": str(world / "shards"),
         "train_dataloader.dataset.labels": str(world / "tags/labels.sqlite"),
-        "train_dataloader.dataset.clip": "tagalign-tiny",
+        "train_dataloader.dataset.clip": "tagalign-tiny-112",
         "train_dataloader.batch_size": 4,
         "train_dataloader.num_workers": 0,
         "train_dataloader.pin_memory": False,

@@ -103,6 +103,36 @@ def test_cli_per_sentence_iou_equals_an_independent_computation(refer, tmp_path)
     assert report["mIoU"] == pytest.approx(100 * np.mean(ious), abs=1e-6)
 
 
+def test_background_binarisation_equals_the_expression_against_a_background_prompt(refer, tmp_path):
+    """--binarize background: a pixel is in the mask iff the expression is more probable there than the prompt
+    'background'. Stated here through segment() into the two texts, without the constant background channel."""
+    root, scenes = refer
+    out = tmp_path / "res.json"
+    result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--dataset", "refcoco", "--split", "val",
+                             "--data-root", str(root), "--checkpoint", str(root / "ckpt.pth"), "--out", str(out),
+                             "--binarize", "background"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    model = tagalign.load(root / "ckpt.pth")
+    ious, sizes = [], []
+    for index, split in enumerate(SPLITS):
+        if split != "val":
+            continue
+        name = f"COCO_train2014_{100000 + index:012d}.jpg"
+        image = np.asarray(Image.open(root / "images/mscoco/images/train2014" / name))
+        for k, (colour, shape) in enumerate(scenes[index].objects, start=1):
+            truth = scenes[index].mask == k
+            for text in (f"{colour} {shape}", f"the {colour} {shape}"):
+                pred = tagalign.segment(model, image, [text, "background"], background=False,
+                                        templates=("{}",)).labels == 0
+                sizes.append(pred.mean())
+                inter, union = (pred & truth).sum(), (pred | truth).sum()
+                ious.append(inter / union if union else 0.0)
+    assert report["binarize"] == "background" and len(ious) == 8
+    assert min(sizes) > 0.0 and max(sizes) < 1.0  # neither empty nor everything: the comparison decides
+    assert np.allclose([s["iou"] for s in report["per_sentence"]], ious, atol=1e-6)
+
+
 def test_metrics_and_binarisation():
     metrics = referring_metrics([1, 0, 5], [2, 0, 5])
     assert metrics["mIoU"] == pytest.approx(100 * 1.5 / 3) and metrics["oIoU"] == pytest.approx(100 * 6 / 7)
@@ -110,6 +140,10 @@ def test_metrics_and_binarisation():
     probability = torch.tensor([[0.1, 0.2], [0.3, 0.5]])
     assert binarize(probability, "threshold", 0.25).tolist() == [[False, False], [True, True]]
     assert binarize(probability, "minmax", 0.4).tolist() == [[False, False], [True, True]]
+    background = torch.tensor([[0.05, 0.3], [0.3, 0.6]])
+    assert binarize(probability, "background", 0.4, background).tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match="background prompt"):
+        binarize(probability, "background", 0.4)
 
 
 def test_missing_files_and_bad_splits_are_clear_errors(refer, tmp_path):

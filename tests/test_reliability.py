@@ -22,9 +22,12 @@ from PIL import Image
 
 from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset, collate_tag_batch
 from tagalign.data.synthetic import render_scene, write_img2dataset_shards
+from tagalign.models.pretrain import PretrainConfig
 from tagalign.tags.labels import LabelStore, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A world for plumbing tests: its tiny CLIP need not be good, so it is pretrained for two steps.
+QUICK_PRETRAIN = PretrainConfig(steps=2, batch_size=8)
 
 
 
@@ -365,10 +368,10 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
     from tagalign.quickstart import build_shapes_world
 
     world = tmp_path / "world"
-    build_shapes_world(world, num_train=48, num_eval=2)
+    build_shapes_world(world, num_train=48, num_eval=2, pretrain=QUICK_PRETRAIN)
 
     def command(iters, workers):
-        options = {"model.pretrained": world / "tiny_clip.pt", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
+        options = {"model.pretrained": world / "tiny_clip", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
                    "model.tag_frequency": world / "tags/tag_frequency.npy",
                    "train_dataloader.dataset.shards": world / "shards",
                    "train_dataloader.dataset.labels": world / "tags/labels.sqlite", "train_dataloader.batch_size": 4,
@@ -388,10 +391,10 @@ def test_resume_with_another_encoder_is_refused(tmp_path):
     from tagalign.quickstart import build_shapes_world
 
     world = tmp_path / "world"
-    build_shapes_world(world, num_train=16, num_eval=2)
+    build_shapes_world(world, num_train=16, num_eval=2, pretrain=QUICK_PRETRAIN)
 
     def command(iters, encoder):
-        options = {"model.pretrained": world / "tiny_clip.pt", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
+        options = {"model.pretrained": world / "tiny_clip", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
                    "model.tag_frequency": world / "tags/tag_frequency.npy", "model.encoder": encoder,
                    "train_dataloader.dataset.shards": world / "shards",
                    "train_dataloader.dataset.labels": world / "tags/labels.sqlite", "train_dataloader.batch_size": 4,

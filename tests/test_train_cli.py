@@ -14,21 +14,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from tagalign.models.pretrain import PretrainConfig
 from tagalign.quickstart import build_shapes_world
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A world for plumbing tests: its tiny CLIP need not be good, so it is pretrained for two steps.
+QUICK_PRETRAIN = PretrainConfig(steps=2, batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    build_shapes_world(root, num_train=200, num_eval=2)
+    build_shapes_world(root, num_train=200, num_eval=2, pretrain=QUICK_PRETRAIN)
     return root
 
 
 def _command(world: Path, work_dir: Path, iters: int, interval: int, shards: Path | None = None) -> list[str]:
     options = {
-        "model.pretrained": world / "tiny_clip.pt",
+        "model.pretrained": world / "tiny_clip",
         "model.tag_embeddings": world / "tags/tag_embeddings.pt",
         "model.tag_frequency": world / "tags/tag_frequency.npy",
         "train_dataloader.dataset.shards": shards or world / "shards",

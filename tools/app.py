@@ -42,7 +42,7 @@ def main() -> None:
         checkpoint = QUICKSTART / "train/tagalign_latest.pth"
         if not checkpoint.is_file():
             sys.exit(f"No model to serve: {checkpoint} does not exist. Run `python tools/quickstart.py` first (about "
-                     f"two minutes on a CPU), or pass --checkpoint CKPT, or --clip NAME --pretrained WEIGHTS.")
+                     f"five minutes on a CPU), or pass --checkpoint CKPT, or --clip NAME --pretrained WEIGHTS.")
         vocab = vocab or _existing(QUICKSTART / "data/tags/tag_embeddings.pt")
         examples = examples or _existing(QUICKSTART / "data/shapes_voc/JPEGImages")
     model = tagalign.load(checkpoint, clip=args.clip, pretrained=args.pretrained)

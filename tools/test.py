@@ -44,7 +44,7 @@ from tagalign.segmentation.evaluate import (  # noqa: E402
     write_json,
 )
 from tagalign.segmentation.protocols import PRESETS, PROTOCOLS  # noqa: E402
-from tagalign.segmentation.referring import REFERRING  # noqa: E402
+from tagalign.segmentation.referring import BINARIZE_MODES, REFERRING  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,8 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, *REFERRING, "all"])
     parser.add_argument("--split", help="referring datasets: val, testA, testB (refcoco, refcoco+) or val, test "
                                         "(refcocog, umd); default val")
-    parser.add_argument("--binarize", choices=["threshold", "minmax"], default="threshold",
-                        help="referring: probability > --bg-thresh, or min-max normalised >= 0.5")
+    parser.add_argument("--binarize", choices=list(BINARIZE_MODES), default="threshold",
+                        help="referring: probability > --bg-thresh, min-max normalised >= 0.5, or above the "
+                             "probability of the prompt 'background' (docs/referring.md)")
     parser.add_argument("--templates", nargs="+", default=["{}"],
                         help="referring: prompt templates for the expressions (default: the raw expression)")
     parser.add_argument("--data-root", help="folder holding every dataset (default $TAGALIGN_DATA or ./data)")

@@ -277,7 +277,8 @@ class TagShardDataset(IterableDataset):
             sample_seed = hash((self.seed, stream, position)) % (2**31)
             random.seed(sample_seed)
             np.random.seed(sample_seed)
-            torch.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed)  # the CPU generator only: torch.manual_seed would
+            # also queue a CUDA reseed with a formatted stack trace, per sample, in data workers without CUDA
             try:
                 image = self.transform(image)
             finally:

@@ -22,6 +22,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (235, 215, 40),
 }
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
+#: Each kind of shape has its own surface, as object classes do (fur, bark, brick): a patch inside a shape carries
+#: local evidence of its kind, not only its colour. Brightness is modulated by +-TEXTURE_CONTRAST around the colour.
+TEXTURES: dict[str, str] = {"square": "checks", "circle": "rings", "triangle": "dots"}
+TEXTURE_CONTRAST = 70
 
 
 @dataclass
@@ -34,6 +38,37 @@ class Scene:
     def caption(self) -> str:
         names = [f"a {colour} {shape}" for colour, shape in self.objects]
         return ("a picture of " + ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]).strip()
+
+    def describe(self, rng: np.random.Generator) -> str:
+        """The caption in varied words (see :func:`describe_objects`)."""
+        return describe_objects(self.objects, rng)[0]
+
+
+def describe_objects(objects: Sequence[tuple[str, str]], rng: np.random.Generator,
+                     colour_rate: float = 0.5) -> tuple[str, list[tuple[str | None, str]], bool]:
+    """``(colour, shape)`` objects as a caption in varied words, what it mentions, and whether it mentions the
+    background: a random frame (half of them name the striped background, as real captions name the grass or the
+    sky), the objects in random order, each with its colour at ``colour_rate`` ("a red square") else without ("a
+    square"), as real captions leave attributes out. No object gives a caption of the background alone."""
+    if not objects:
+        return EMPTY_CAPTIONS[int(rng.integers(len(EMPTY_CAPTIONS)))], [], True
+    mentioned = [(colour if rng.random() < colour_rate else None, shape)
+                 for colour, shape in (objects[i] for i in rng.permutation(len(objects)))]
+    names = [f"a {colour} {shape}" if colour else f"a {shape}" for colour, shape in mentioned]
+    listed = ", ".join(names[:-1]) + (f" {CONJUNCTIONS[int(rng.integers(len(CONJUNCTIONS)))]} "
+                                      if len(names) > 1 else "") + names[-1]
+    frame = CAPTION_FRAMES[int(rng.integers(len(CAPTION_FRAMES)))]
+    return frame.format(listed), mentioned, "background" in frame
+
+
+#: Frames and conjunctions of :func:`describe_objects`; half of the frames name the background.
+CAPTION_FRAMES: tuple[str, ...] = ("a picture of {}", "a photo of {}.", "there is {}.", "{}.",
+                                   "{} on a striped background", "a photo of {} against a striped background.",
+                                   "{} in front of a striped background", "a picture of {} on a striped background")
+CONJUNCTIONS: tuple[str, ...] = ("and", "next to", "beside")
+#: Captions of scenes without objects.
+EMPTY_CAPTIONS: tuple[str, ...] = ("a striped background", "a photo of an empty striped background.",
+                                   "nothing but a striped background", "an empty background with stripes")
 
 
 def _shape_mask(shape: str, height: int, width: int, cy: int, cx: int, radius: int) -> np.ndarray:
@@ -50,11 +85,11 @@ def _shape_mask(shape: str, height: int, width: int, cy: int, cx: int, radius: i
 
 
 def render_scene(rng: np.random.Generator, size: tuple[int, int] = (224, 224), max_objects: int = 2,
-                 radius: tuple[float, float] = (0.15, 0.28)) -> Scene:
-    """One scene with 1..max_objects non-overlapping coloured shapes on a noisy, striped background; shape radii
-    are drawn from ``radius`` (fractions of the short side)."""
+                 radius: tuple[float, float] = (0.15, 0.28), min_objects: int = 1) -> Scene:
+    """One scene with min_objects..max_objects non-overlapping coloured shapes on a noisy, striped background; shape
+    radii are drawn from ``radius`` (fractions of the short side)."""
     image = _background(rng, size)
-    count = int(rng.integers(1, max_objects + 1))
+    count = int(rng.integers(min_objects, max_objects + 1))
     return _draw(rng, image, count, radius, lambda: SHAPES[int(rng.integers(len(SHAPES)))],
                  lambda: list(COLOURS)[int(rng.integers(len(COLOURS)))])
 
@@ -87,14 +122,34 @@ def _draw(rng: np.random.Generator, image: np.ndarray, count: int, radius: tuple
         colour = pick_colour()
         objects.append((colour, shape))
         mask[region] = len(objects)
-        shade = np.array(COLOURS[colour]) + rng.normal(0, 6, size=(int(region.sum()), 3))
+        texture = _texture(TEXTURES[shape], region, cy, cx, period=max(4, min(size) // 14))
+        shade = (np.array(COLOURS[colour]) + TEXTURE_CONTRAST * texture[:, None]
+                 + rng.normal(0, 6, size=(int(region.sum()), 3)))
         image[region] = np.clip(shade, 0, 255).astype(np.uint8)
     return Scene(image=image, mask=mask, objects=objects)
 
 
+def _texture(kind: str, region: np.ndarray, cy: int, cx: int, period: int) -> np.ndarray:
+    """+-1 per pixel of ``region`` (row-major order): ``checks`` (a checkerboard), ``rings`` (concentric around the
+    centre) or ``dots`` (light dots on a dark grid), ``period`` pixels per light+dark cycle."""
+    yy, xx = np.nonzero(region)
+    half = period / 2
+    if kind == "checks":
+        phase = (np.floor((yy - cy) / half) + np.floor((xx - cx) / half)) % 2
+    elif kind == "rings":
+        phase = np.floor(np.hypot(yy - cy, xx - cx) / half) % 2
+    elif kind == "dots":
+        phase = (np.hypot((yy - cy) % period - half, (xx - cx) % period - half) < period / 4).astype(float)
+    else:
+        raise ValueError(f"unknown texture '{kind}'")
+    return 2.0 * phase - 1.0
+
+
 # ------------------------------------------------------------------------------------------ on-disk writers
-#: Classes of the evaluation split: the colour (attribute) of each shape; background is not scored (VOC20-style).
+#: Classes of the colour split: the colour (attribute) of each shape; background is not scored (VOC20-style).
 EVAL_CLASSES: tuple[str, ...] = tuple(COLOURS)
+#: Classes of the shape split, scored with background (VOC-style): what each object is.
+SHAPE_CLASSES: tuple[str, ...] = ("background", *SHAPES)
 
 
 def write_img2dataset_shards(root: Path, samples: Sequence[tuple[np.ndarray, str]], per_shard: int = 500,
@@ -142,16 +197,20 @@ def write_img2dataset_shards(root: Path, samples: Sequence[tuple[np.ndarray, str
     return keys
 
 
-def write_voc_split(root: Path, scenes: Sequence[Scene], classes: Sequence[str] = EVAL_CLASSES) -> list[str]:
-    """Scenes as a Pascal-VOC-layout segmentation split: 0 = background, 1 + index of the shape's colour."""
+def write_voc_split(root: Path, scenes: Sequence[Scene], classes: Sequence[str] = EVAL_CLASSES,
+                    by: str = "colour") -> list[str]:
+    """Scenes as a Pascal-VOC-layout segmentation split: 0 = background, else 1 + the index in ``classes`` (which
+    do not list the background) of each object's colour (``by="colour"``) or shape (``by="shape"``)."""
+    if by not in ("colour", "shape"):
+        raise ValueError(f"by must be 'colour' or 'shape', got '{by}'")
     root = Path(root)
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     ids = []
     for index, scene in enumerate(scenes):
         label = np.zeros(scene.mask.shape, dtype=np.uint8)
-        for k, (colour, _) in enumerate(scene.objects, start=1):
-            label[scene.mask == k] = 1 + classes.index(colour)
+        for k, (colour, shape) in enumerate(scene.objects, start=1):
+            label[scene.mask == k] = 1 + list(classes).index(colour if by == "colour" else shape)
         image_id = f"shapes_{index:05d}"
         Image.fromarray(scene.image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
         Image.fromarray(label).save(root / "SegmentationClass" / f"{image_id}.png")

@@ -64,10 +64,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     ]
 }
 
-#: Not part of ``--dataset all``: the generated shapes world of the quickstart (Pascal VOC layout).
+#: Not part of ``--dataset all``: the generated shapes world of the quickstart (Pascal VOC layout). ``shapes``:
+#: each shape by its colour, background ignored; ``shapes_bg``: each object by its shape, background scored.
 EXTRA_BENCHMARKS: dict[str, BenchmarkSpec] = {
     "shapes": BenchmarkSpec("shapes", "ShapesDataset", "shapes_voc", "JPEGImages", "SegmentationClass",
                             ann_file="ImageSets/Segmentation/val.txt", short_side=224),
+    "shapes_bg": BenchmarkSpec("shapes_bg", "ShapesWithBackgroundDataset", "shapes_bg_voc", "JPEGImages",
+                               "SegmentationClass", ann_file="ImageSets/Segmentation/val.txt", short_side=224),
 }
 
 #: TagAlign paper, Table 1, no post-processing.

@@ -13,7 +13,7 @@ from mmseg.datasets import BaseSegDataset, COCOStuffDataset, PascalVOCDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
-from ..data.synthetic import EVAL_CLASSES
+from ..data.synthetic import EVAL_CLASSES, SHAPE_CLASSES
 from .imagenets_classes import IMAGENETS50, IMAGENETS300, IMAGENETS919
 
 __all__ = [
@@ -158,3 +158,14 @@ class ShapesDataset(BaseSegDataset):
 
     def __init__(self, img_suffix=".jpg", seg_map_suffix=".png", **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=True, **kwargs)
+
+
+@DATASETS.register_module(force=True)
+class ShapesWithBackgroundDataset(BaseSegDataset):
+    """The generated shapes world's with-background split (Pascal VOC layout): each object labelled by its shape,
+    background (0) scored as a class, as in the paper's with-background benchmarks."""
+
+    METAINFO = dict(classes=SHAPE_CLASSES)
+
+    def __init__(self, img_suffix=".jpg", seg_map_suffix=".png", **kwargs) -> None:
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=False, **kwargs)

@@ -7,8 +7,9 @@ train2014 images in ``<root>/images/mscoco/images/train2014`` (or ``<root>/train
 Each sentence of each ref is one sample. Its text goes through the same dense path as semantic segmentation
 (short side 448, slide 448/224, sigmoid(10*cos - 2.5) mixed 0.3 with CLIP, bilinear resize to the image); all
 sentences of an image share one pass of the image through the encoder. The mask is the probability above the
-background threshold (``binarize="threshold"``, default, mirroring the semantic protocol) or the min-max
-normalised map >= 0.5 (``binarize="minmax"``). Metrics: mIoU (mean of per-sentence IoU, the paper's Table 2),
+background threshold (``binarize="threshold"``, default, mirroring the semantic protocol), the min-max
+normalised map >= 0.5 (``binarize="minmax"``) or the expression against the prompt "background"
+(``binarize="background"``). Metrics: mIoU (mean of per-sentence IoU, the paper's Table 2),
 oIoU (cumulative intersection over cumulative union) and precision at IoU 0.5.
 """
 
@@ -34,8 +35,8 @@ from .inference import InferenceConfig, predict_probabilities
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PAPER_REFERRING_MIOU", "REFERRING", "ReferringSample", "evaluate_referring", "load_referring",
-           "referring_metrics"]
+__all__ = ["BINARIZE_MODES", "PAPER_REFERRING_MIOU", "REFERRING", "ReferringSample", "evaluate_referring",
+           "load_referring", "referring_metrics"]
 
 #: dataset -> (refs pickle split_by, allowed splits)
 REFERRING = {
@@ -140,13 +141,25 @@ def annotation_mask(annotation: dict) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def binarize(probability: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+BINARIZE_MODES = ("threshold", "minmax", "background")
+
+
+def binarize(probability: torch.Tensor, mode: str, threshold: float,
+             background: torch.Tensor | None = None) -> torch.Tensor:
+    """The predicted mask of one expression: ``threshold`` (probability above the background threshold), ``minmax``
+    (min-max normalised map >= 0.5) or ``background`` (the expression's probability above that of the background
+    prompt at the same pixel: the background as a competing class, as in the SCLIP-family with-background
+    protocol; for CLIPs whose cosine range the fixed threshold was not calibrated on)."""
     if mode == "threshold":
         return probability > threshold
     if mode == "minmax":
         low, high = probability.min(), probability.max()
         return (probability - low) / (high - low).clamp(min=1e-12) >= 0.5
-    raise ValueError(f"binarize must be 'threshold' or 'minmax', got '{mode}'")
+    if mode == "background":
+        if background is None:
+            raise ValueError("binarize='background' needs the background prompt's probability map")
+        return probability > background
+    raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got '{mode}'")
 
 
 def referring_metrics(intersections: Sequence[float], unions: Sequence[float]) -> dict:
@@ -162,14 +175,19 @@ def referring_metrics(intersections: Sequence[float], unions: Sequence[float]) -
 @torch.no_grad()
 def evaluate_referring(model, root: str | os.PathLike, dataset: str, split: str, binarize_mode: str = "threshold",
                        templates: Sequence[str] = ("{}",), inference: dict | None = None, short_side: int = 448,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, background_prompt: str = "background") -> dict:
     """Evaluate one dataset split; returns metrics plus the per-sentence IoUs (``{"sent_id", "iou"}``).
+
+    ``binarize_mode="background"`` scores ``background_prompt`` beside the sentences (see :func:`binarize`).
 
     Under torch.distributed each process takes every world_size-th image; the per-sentence results are gathered
     and every process returns the merged result, in the order of the single-process run.
     """
+    if binarize_mode not in BINARIZE_MODES:
+        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got '{binarize_mode}'")
     samples = load_referring(root, dataset, split)
     config = InferenceConfig(**(inference or {}))
+    extra = [background_prompt] if binarize_mode == "background" else []
     by_image: dict[Path, list[ReferringSample]] = defaultdict(list)
     for sample in samples:
         by_image[sample.image_path].append(sample)
@@ -179,12 +197,13 @@ def evaluate_referring(model, root: str | os.PathLike, dataset: str, split: str,
     intersections, unions, per_sentence = [], [], []
     for image_path, group in tqdm(mine, desc=f"{dataset} {split}", disable=not progress or rank != 0):
         image = load_image(image_path)
-        texts = encode_texts(model.clip, [s.text for s in group], templates).to(device)
+        texts = encode_texts(model.clip, [s.text for s in group] + extra, templates).to(device)
         probs = predict_probabilities(model, to_tensor(resize_short_side(image, short_side)).to(device), texts,
                                       False, config)  # one encoder pass for all sentences of this image
         probs = resize_probs(probs, image.shape[:2])[0].cpu()
+        background = probs[-1] if extra else None
         for sample, probability in zip(group, probs):
-            prediction = binarize(probability, binarize_mode, config.bg_thresh).numpy()
+            prediction = binarize(probability, binarize_mode, config.bg_thresh, background).numpy()
             truth = annotation_mask(sample.annotation)
             if truth.shape != prediction.shape:
                 raise ValueError(f"{image_path}: image is {prediction.shape}, annotation {sample.annotation['id']} "
