@@ -29,7 +29,7 @@ train_dataloader = dict(
 optim_wrapper = dict(  # fp32 on CPU; otherwise the reference settings
     _delete_=True,
     type="OptimWrapper",
-    optimizer=dict(type="AdamW", lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.05),
+    optimizer=dict(type="AdamW", lr=8e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.05),
     clip_grad=dict(max_norm=5.0),
     constructor="TagAlignOptimWrapperConstructor",
 )
