@@ -3,7 +3,7 @@ written as img2dataset shards with parse_tags labels, a tiny CLIP pretrained con
 top (objects only, and objects + attributes), and zero-shot segmentation with and without background and referring
 segmentation, before and after training.
 
-    python tools/quickstart.py [--work-dir work_dirs/quickstart] [--iters 300] [--pretrain-steps 400]
+    python tools/quickstart.py [--work-dir work_dirs/quickstart] [--iters 500] [--pretrain-steps 400]
                                [--encoder clearclip]
 
 Writes WORK_DIR/summary.json, WORK_DIR/summary.md (the table), WORK_DIR/overlay.png, WORK_DIR/heatmaps.png, the
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="work_dirs/quickstart")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (config default: 300)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="TagAlign training iterations per model (config default: 500)")
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="tiny-CLIP contrastive pretraining steps of 64 pairs (default: 400)")
     parser.add_argument("--config", default=str(ROOT / "configs/quickstart.py"))

@@ -48,8 +48,8 @@ class PretrainConfig:
     log_every: int = 50
 
 
-def to_clip_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """``[N, H, W, 3]`` uint8 RGB -> ``[N, 3, size, size]`` uint8, resized with antialiased bicubic."""
+def to_clip_input(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
+    """N ``[H, W, 3]`` uint8 RGB images -> ``[N, 3, size, size]`` uint8, resized with antialiased bicubic."""
     from PIL import Image
 
     resized = [np.asarray(Image.fromarray(np.asarray(image)).resize((size, size), Image.BICUBIC)) for image in images]
