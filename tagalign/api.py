@@ -52,6 +52,7 @@ def load(
         projector=config.get("projector"),
         encoder=encoder or config.get("encoder", "surgery"),
         encoder_options=encoder_options if encoder_options is not None else config.get("encoder_options"),
+        tag_reweight=config.get("tag_reweight", False),  # its learned re-weighting temperature is in the checkpoint
     ).to(device)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

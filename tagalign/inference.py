@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .data.transforms import load_image, resize_probs, resize_short_side, to_tensor
 from .models.clip import DEFAULT_TEMPLATES, encode_texts
 from .segmentation.inference import InferenceConfig, predict_probabilities
+from .tagging.text import RAM_REWEIGHT_SCALE, class_text_embeddings, encode_descriptions, reweighted_cosines
 
 __all__ = ["SegmentationResult", "parse_texts", "segment", "tag"]
 
@@ -60,16 +61,17 @@ def parse_texts(texts: str | Sequence[str]) -> list[list[str]]:
 def segment(model, image, texts: str | Sequence[str], background: bool = True, slide: bool = True,
             bg_thresh: float = 0.4, clip_w: float = 0.3, short_side: int = 448,
             templates: Sequence[str] = DEFAULT_TEMPLATES, inference: dict | None = None,
-            norm: str = "imagenet") -> SegmentationResult:
+            norm: str = "imagenet", descriptions=None) -> SegmentationResult:
     """Zero-shot segmentation of ``image`` (path, PIL image or array) into ``texts`` (see :func:`parse_texts`).
 
     ``inference``: further :class:`InferenceConfig` fields (``score``, ``mix``, ``pamr``...); ``norm``: pixel
-    statistics, ``imagenet`` (reference) or ``clip``."""
+    statistics, ``imagenet`` (reference) or ``clip``; ``descriptions``: a RAM++ tag-description file (or
+    ``{name: [texts]}``) whose texts replace the templates for the names it describes."""
     classes = parse_texts(texts)
     array = load_image(image)
     flat = [s for synonyms in classes for s in synonyms]
     device = next(model.parameters()).device
-    text_emb = encode_texts(model.clip, flat, templates).to(device)
+    text_emb = class_text_embeddings(model.clip, flat, templates, descriptions).to(device)
     config = InferenceConfig(**{"mode": "slide" if slide else "whole", "bg_thresh": bg_thresh, "clip_w": clip_w,
                                 **(inference or {})})
     resized = resize_short_side(array, short_side)
@@ -118,15 +120,59 @@ def _vocabulary(model, vocab) -> tuple[list[str], torch.Tensor]:
     return words, encode_texts(model.clip, words, ("a photo of a {}.",))
 
 
+def _description_bank(model, names: list[str], vocab, descriptions):
+    """The tags' description bank: from ``descriptions`` (a RAM++ file or mapping), else from a
+    ``tag_embeddings.pt`` written with ``embed --text descriptions|both``, else the model's own."""
+    if descriptions is not None:
+        if not isinstance(descriptions, dict):
+            from .tagging.descriptions import load_descriptions
+
+            descriptions = load_descriptions(descriptions)
+        return encode_descriptions(model.clip, names, descriptions)[0]
+    if isinstance(vocab, str | os.PathLike):
+        from .tagging.text import DescriptionBank
+        from .tags.embed import load_tag_embeddings
+
+        payload = load_tag_embeddings(vocab)
+        if "description_embeddings" in payload:
+            return DescriptionBank(payload["description_embeddings"], payload["description_mask"])
+    elif vocab is None and getattr(model, "has_descriptions", False):
+        return model.description_bank()
+    raise ValueError("prompts='descriptions'/'reweighted' need tag descriptions: pass descriptions= (a RAM++ "
+                     "description file) or a tag_embeddings.pt written with `embed --text descriptions|both`")
+
+
 @torch.no_grad()
-def tag(model, image, top_k: int = 20, vocab=None, size: int = 224) -> list[tuple[str, float]]:
+def tag(model, image, top_k: int = 20, vocab=None, size: int = 224, descriptions=None,
+        prompts: str = "template") -> list[tuple[str, float]]:
     """Open-vocabulary image tagging: the ``top_k`` tags by cosine similarity between the image feature (mean of
-    the projected dense features at the training resolution) and the tag embeddings."""
+    the projected dense features at the training resolution) and the tag texts.
+
+    ``prompts``: ``template`` (the vocabulary's embeddings), ``descriptions`` (the tags' description ensemble) or
+    ``reweighted`` (RAM++'s re-weighting of the descriptions for this image, with the model's learned temperature
+    if it was trained with ``tag_text="reweighted"``, else 1/0.07). ``descriptions``: a RAM++ description file;
+    without it, ``vocab``'s description embeddings. With only ``descriptions``, its tags are the vocabulary."""
+    if prompts not in ("template", "descriptions", "reweighted"):
+        raise ValueError(f"prompts must be template, descriptions or reweighted; got {prompts!r}")
+    if vocab is None and descriptions is not None and not isinstance(descriptions, dict):
+        from .tagging.descriptions import load_descriptions
+
+        descriptions = load_descriptions(descriptions)
+        vocab = list(descriptions)
     names, embeddings = _vocabulary(model, vocab)
     array = load_image(image)
     device = next(model.parameters()).device
     pixels = F.interpolate(to_tensor(array), size=(size, size), mode="bilinear", align_corners=False).to(device)
     feature = F.normalize(model.dense_features(pixels).mean(dim=(2, 3)), dim=-1)[0]
-    scores = F.normalize(embeddings.to(device, feature.dtype), dim=-1) @ feature
+    if prompts == "template":
+        scores = F.normalize(embeddings.to(device, feature.dtype), dim=-1) @ feature
+    else:
+        bank = _description_bank(model, names, vocab, descriptions).to(device)
+        if prompts == "descriptions":
+            scores = bank.ensemble() @ feature.float()
+        else:
+            learned = getattr(model, "reweight_scale", None)
+            scale = learned() if learned is not None else RAM_REWEIGHT_SCALE
+            scores = reweighted_cosines(feature[None], bank, scale)[0]
     top = scores.topk(min(top_k, len(names)))
     return [(names[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]

@@ -7,6 +7,7 @@ the CLIP swapped for its tiny one, trains 2 iterations under DDP (gloo), and ran
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def main() -> None:
             "itc_scale_trainable": inner.itc_loss.temperature.logit_scale.requires_grad,
             "tag_scale_trainable": inner.tag_loss.temperature.logit_scale.requires_grad,
             "tag_mode": inner.tag_loss.mode,
+            "reweight_scale_moved": inner.reweight_scale is not None and
+            abs(inner.reweight_scale.logit_scale.item() - math.log(1 / 0.07)) > 1e-7,
         }
         torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:

@@ -23,7 +23,16 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.py") if "_base_" not in 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    build_shapes_world(root, num_train=64, num_eval=2, pretrain=QUICK_PRETRAIN)
+    world = build_shapes_world(root, num_train=64, num_eval=2, pretrain=QUICK_PRETRAIN)
+    # descriptions for the tag-description ablations (hand-written here; tools/parse_tags.py describe in real use)
+    from tagalign.tagging.descriptions import photo_prompt, write_descriptions
+    from tagalign.tags.embed import embed_vocab
+    from tagalign.tags.vocab import TagVocab
+
+    tags = TagVocab.load(root / "tags/vocab.csv").tags
+    write_descriptions(root / "tags/tag_descriptions.json",
+                       {t: [photo_prompt(t), f"A {t} shape on a striped background.", f"Something {t}."] for t in tags})
+    embed_vocab(root / "tags", clip=world["clip_name"], pretrained=world["clip"], text="both")
     return root
 
 
@@ -42,6 +51,7 @@ def test_every_config_trains_two_iterations_on_two_gloo_processes(world, tmp_pat
         itc_off = config.endswith("no_itc.py")
         assert outcome["itc_scale_trainable"] is not itc_off, config
         assert outcome["tag_scale_trainable"], config
+        assert outcome["reweight_scale_moved"] is config.endswith("reweighted.py"), config
     cc12m = results[str(ROOT / "configs/tagalign_cc12m.py")]
     assert cc12m["deit_aug"] is True and cc12m["tag_mode"] == "balanced"  # the paper's Eq. 4
     assert results[str(ROOT / "configs/tagalign_cc12m_released.py")]["tag_mode"] == "softmax"  # the released code

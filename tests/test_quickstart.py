@@ -54,8 +54,11 @@ def test_tagalign_training_improves_on_the_untrained_projector(default_run):
     assert both["referring_mIoU"] >= before["referring_mIoU"], rows
     assert both["referring_mIoU"] > objects["referring_mIoU"], rows
     assert both["referring_expressions"] == 80
+    assert both["tagging_mAP"] > before["tagging_mAP"], rows  # RAM-layout tagging split, pooled feature
+    assert both["tagging_clip_mAP"] == pytest.approx(before["tagging_clip_mAP"])  # the frozen CLIP's: unchanged
     table = (work / "summary.md").read_text()
     assert f"| {both['with_bg_mIoU']:.2f} | {both['without_bg_mIoU']:.2f} | {both['referring_mIoU']:.2f} |" in table
+    assert f"| {both['referring_oIoU']:.2f} | {both['tagging_mAP']:.2f} |" in table
     assert table.strip() in result.stdout
     assert summary["total_seconds"] > summary["world_seconds"] > summary["clip"]["pretrain_seconds"] > 0
     assert Image.open(summary["overlay"]).size == (4 * 224, 224)  # the image, then one panel per model

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,67 @@ def test_real_engine_parses_records_failures_and_resumes(vllm_python, tiny_llama
     after = {p.name: p.read_text() for p in (tmp_path / "ok/parsed").glob("part-*.jsonl")}
     assert after == before
     assert json.loads((tmp_path / "ok/stats/shard-00000.json").read_text())["chunks_resumed"] == 1
+
+
+def _describe_rows(out):
+    return [json.loads(line) for part in sorted((out / "descriptions").glob("part-*.jsonl"))
+            for line in part.read_text().splitlines()]
+
+
+def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_llama, tmp_path):
+    """RAM++'s describe stage on the real engine: killed after its second chunk, rerun, nothing lost or repeated."""
+    tags = ["cat", "red sofa", "dog", "green grass", "wooden table", "wine", "glass", "car", "tree", "kid", "beach",
+            "napkin"]
+    (tmp_path / "tags.txt").write_text("\n".join(tags))
+    out = tmp_path / "described"
+    command = [str(vllm_python), str(ROOT / "tools/parse_tags.py"), "describe", str(out), "--tags",
+               str(tmp_path / "tags.txt"), "--model", str(tiny_llama), "--gpu-memory-utilization", "0.3",
+               "--dtype", "float32", "--max-model-len", "2048", "--samples", "3", "--max-tokens", "24",
+               "--chunk-size", "1"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = out / "descriptions" / "part-000001.jsonl"
+    deadline = time.monotonic() + 600
+    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    before = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
+    assert 2 <= len(before) < len(tags), sorted(before)  # the kill interrupted the run
+    assert not (out / "tag_descriptions.json").exists()
+
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
+    assert len(after) == len(tags) and all(after[name] == text for name, text in before.items())
+
+    rows = _describe_rows(out)
+    ids = [(r["tag"], r["prompt"], r["attempt"], r["sample"]) for r in rows]
+    assert len(ids) == len(set(ids))  # no answer twice
+    first = {(t, p, s) for t, p, a, s in ids if a == 0}
+    assert first == {(t, p, s) for t in tags for p in range(5) for s in range(3)}  # none lost
+    kept_statuses = ("kept", "trimmed")
+    for tag in tags:  # a second attempt exactly where every first answer was filtered
+        for prompt in range(5):
+            attempt0 = [r for r in rows if (r["tag"], r["prompt"], r["attempt"]) == (tag, prompt, 0)]
+            retried = any(r["attempt"] == 1 for r in rows if (r["tag"], r["prompt"]) == (tag, prompt))
+            assert retried == (not any(r["status"] in kept_statuses for r in attempt0))
+    for row in rows:  # the filter, restated: kept answers name a word of the tag, off-topic ones do not
+        words = row["tag"].split()
+        text = row["text"].lower()
+        if row["status"] in kept_statuses:
+            assert any(w[:3] in text for w in words) and text.strip()
+        elif row["status"] == "off_topic":
+            assert text.strip() and not any(re.search(rf"(?<![a-z0-9]){w}", text) for w in words)
+        else:
+            assert row["status"] in ("cut", "empty"), row
+    stats = json.loads((out / "stats/describe.json").read_text())
+    assert stats["answers"] == len(rows) and stats["chunks_resumed"] == len(before)
+    for status in ("kept", "trimmed", "off_topic", "cut", "empty"):
+        assert stats[status] == sum(r["status"] == status for r in rows)
+    assert stats["off_topic"] + stats["cut"] + stats["empty"] > 0  # a random model's answers get filtered
+
+    described = json.loads((out / "tag_descriptions.json").read_text())  # RAM++'s layout
+    assert [list(d) for d in described] == [[t] for t in tags]
+    for element, tag in zip(described, tags):
+        kept = [r["text"] for r in rows if r["tag"] == tag and r["status"] in kept_statuses]
+        assert element[tag] == [f"a photo of a {tag}.", *kept]

@@ -3,6 +3,7 @@
     python tools/demo.py IMAGE_OR_DIR --texts "cat" "brown cat" "tv, television, monitor" [--checkpoint CKPT]
                          [--clip ViT-B-16 --pretrained openai] [--out work_dirs/demo] [--compare-clip]
                          [--tags 20 --vocab data/tags/tag_embeddings.pt]
+                         [--descriptions tag_descriptions.json [--tag-prompts descriptions|reweighted]]
 
 Per image, writes OUT/<name>_overlay.png (label map over the image, colour legend) and OUT/<name>_heatmaps.png (one
 heatmap per text; with --compare-clip a second row shows the untrained CLIP-surgery baseline). A text with commas
@@ -49,6 +50,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compare-clip", action="store_true", help="also show the untrained CLIP-surgery heatmaps")
     parser.add_argument("--tags", type=int, default=0, help="print this many top tags per image (needs --vocab)")
     parser.add_argument("--vocab", help="tag_embeddings.pt from tools/parse_tags.py, or a text file of words")
+    parser.add_argument("--descriptions", help="RAM++ tag-description file (tools/parse_tags.py describe): texts it "
+                                               "describes are prompted with their descriptions; with --tags, the "
+                                               "tags' descriptions")
+    parser.add_argument("--tag-prompts", choices=["template", "descriptions", "reweighted"], default="template",
+                        help="--tags: tag texts (reweighted: RAM++'s per-image re-weighting of the descriptions)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated scene (no image given)")
     return parser.parse_args()
 
@@ -83,7 +89,7 @@ def main() -> None:
     images = _images(args)
     if not args.texts:
         raise SystemExit("give at least one query with --texts")
-    if args.tags and not args.vocab:
+    if args.tags and not (args.vocab or args.descriptions):
         raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words)")
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
     baseline = None
@@ -94,7 +100,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = dict(background=not args.no_background, slide=not args.whole, bg_thresh=args.bg_thresh,
-                   short_side=args.short_side)
+                   short_side=args.short_side, descriptions=args.descriptions)
     parse_texts(args.texts)  # duplicate or empty queries: stop before any image
     failed = []
     for name, source in tqdm(images, desc="images", disable=len(images) == 1):
@@ -114,7 +120,8 @@ def main() -> None:
         areas = ", ".join(f"{text} {100 * area:.1f}%" for text, area in result.areas.items())
         print(f"{name}: {areas}")
         if args.tags:
-            tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab)
+            tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab, descriptions=args.descriptions,
+                                prompts=args.tag_prompts)
             print("  tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
     print(f"wrote overlays and heatmaps of {len(images) - len(failed)} image(s) to {out}")
     if failed:

@@ -6,6 +6,9 @@
     python tools/parse_tags.py parse CAPTIONS... --out OUT --num-shards 16 --shard-id 3 --model Qwen/Qwen2.5-7B-Instruct
     python tools/parse_tags.py merge OUT [--top-k-objects 10000 --top-k-attributes 1000 | --vocab-from ram_tags.txt]
     python tools/parse_tags.py embed OUT --clip ViT-B-16 --pretrained openai
+    # RAM++ tag descriptions (5 prompts x 10 samples per tag), then embeddings from them (docs/tagging.md)
+    python tools/parse_tags.py describe OUT --model Qwen/Qwen2.5-7B-Instruct [--tags taglist.txt]
+    python tools/parse_tags.py embed OUT --text both
     # the authors' released CC12M tags instead of parsing: labels keyed by image URL (train with label_key="url")
     python tools/parse_tags.py import-released object_list.csv CC12M_url_object_index.json --out OUT
 
@@ -29,16 +32,20 @@ from tagalign.tags.parse import parse_captions, shard_from_environment  # noqa: 
 DEFAULT_LLM = "lmsys/vicuna-33b-v1.3"
 
 
+def _add_llm_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    parser.add_argument("--model", default=DEFAULT_LLM, help="vLLM model (name or local directory)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="answer length limit")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--dtype", default="auto")
+
+
 def _add_parse_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="img2dataset dirs, .tsv, .jsonl, .parquet or .tar files")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--backend", choices=["vllm", "nltk"], default="vllm")
-    parser.add_argument("--model", default=DEFAULT_LLM, help="vLLM model (name or local directory)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--max-tokens", type=int, default=256, help="answer length limit")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--dtype", default="auto")
+    _add_llm_args(parser, 256)
     parser.add_argument("--num-shards", type=int, help="total shards (default: SLURM/torchrun world size or 1)")
     parser.add_argument("--shard-id", type=int, help="this shard (default: SLURM/torchrun rank or 0)")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="captions per part file (resume unit)")
@@ -61,6 +68,9 @@ def _add_embed_args(parser: argparse.ArgumentParser, with_out: bool) -> None:
                         help="CLIP text tower for tag embeddings" + ("" if with_out else " (omit to skip embedding)"))
     parser.add_argument("--pretrained", default="openai")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--text", choices=["template", "descriptions", "both"], default="template",
+                        help="tag text: 'a photo of a {tag}.', the LLM-description ensemble (RAM++), or both")
+    parser.add_argument("--descriptions", help="description file in RAM++'s layout (default OUT/tag_descriptions.json)")
 
 
 def _parser(args: argparse.Namespace):
@@ -93,8 +103,25 @@ def run_merge(args: argparse.Namespace) -> dict:
 def run_embed(args: argparse.Namespace) -> None:
     from tagalign.tags.embed import embed_vocab
 
-    path = embed_vocab(args.out, args.clip, args.pretrained or None, device=args.device)
+    path = embed_vocab(args.out, args.clip, args.pretrained or None, device=args.device, text=args.text,
+                       descriptions=args.descriptions)
     print(f"wrote {path}")
+
+
+def run_describe(args: argparse.Namespace) -> dict:
+    from tagalign.tagging.describe import DescribeSettings, VLLMDescriber, describe_tags
+    from tagalign.tags.vocab import TagVocab
+
+    if args.tags:
+        tags = [line.strip() for line in Path(args.tags).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        tags = TagVocab.load(Path(args.out) / "vocab.csv").tags
+    settings = DescribeSettings(samples=args.samples, temperature=args.temperature, max_tokens=args.max_tokens,
+                                seed=args.seed, chunk_size=args.chunk_size)
+    describer = VLLMDescriber(args.model, tensor_parallel_size=args.tensor_parallel_size,
+                              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                              dtype=args.dtype)
+    return describe_tags(tags, args.out, describer, settings, args.output)
 
 
 def run_import_released(args: argparse.Namespace) -> dict:
@@ -109,6 +136,15 @@ def main() -> None:
     _add_parse_args(commands.add_parser("parse", help="tag captions (one shard)"))
     _add_merge_args(commands.add_parser("merge", help="vocabulary + labels from all parsed shards"), True)
     _add_embed_args(commands.add_parser("embed", help="tag embeddings through a CLIP text tower"), True)
+    describe = commands.add_parser("describe", help="LLM descriptions of every tag (RAM++), resumable")
+    describe.add_argument("out", help="folder: reads vocab.csv (unless --tags), writes tag_descriptions.json")
+    describe.add_argument("--tags", help="describe these tags instead (one per line, e.g. a benchmark's taglist)")
+    describe.add_argument("--output", help="description file (default OUT/tag_descriptions.json)")
+    describe.add_argument("--samples", type=int, default=10, help="answers per tag and prompt (RAM++: 10)")
+    describe.add_argument("--temperature", type=float, default=0.99, help="sampling temperature (RAM++: 0.99)")
+    describe.add_argument("--seed", type=int, default=0)
+    describe.add_argument("--chunk-size", type=int, default=100, help="tags per part file (resume unit)")
+    _add_llm_args(describe, 77)  # RAM++: at most 77 tokens, the CLIP text length
     everything = commands.add_parser("all", help="parse + merge (+ embed with --clip) in one process")
     _add_parse_args(everything)
     _add_merge_args(everything, False)
@@ -120,6 +156,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tagalign").setLevel(logging.INFO)
+    if args.command == "describe":
+        print(json.dumps(run_describe(args), indent=2))
+        return
     if args.command == "import-released":
         print(json.dumps(run_import_released(args), indent=2))
         return

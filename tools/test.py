@@ -14,6 +14,12 @@ encoder: surgery). --protocol picks the evaluation family (tagalign: 448, slide 
 background; sclip: 336, slide 224/112, softmax with prob_thd, synonym files, 80 templates); --preset a method's own
 settings; every single switch below overrides both. Encoders and protocols: docs/encoders.md.
 Dataset layouts and preparation: docs/datasets.md (semantic), docs/referring.md (RefCOCO/+/g).
+
+Open-set image tagging on RAM's benchmarks (docs/tagging.md): mAP as RAM's code computes it, CP/CR/F1 at a threshold
+
+    python tools/test.py --task tagging --dataset openimages_rare --checkpoint CKPT --scoring clip pooled max \
+        --prompts template descriptions reweighted --descriptions openimages_rare_200_llm_tag_descriptions.json
+    python tools/test.py --task tagging --dataset custom --taglist my_taglist.txt --annots my_annots.txt --images DIR
 """
 
 from __future__ import annotations
@@ -45,11 +51,15 @@ from tagalign.segmentation.evaluate import (  # noqa: E402
 )
 from tagalign.segmentation.protocols import PRESETS, PROTOCOLS  # noqa: E402
 from tagalign.segmentation.referring import BINARIZE_MODES, REFERRING  # noqa: E402
+from tagalign.tagging.benchmark import TAGGING_BENCHMARKS  # noqa: E402
+from tagalign.tagging.evaluate import PROMPTS, SCORINGS  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, *REFERRING, "all"])
+    parser.add_argument("--task", choices=["segmentation", "tagging"], default="segmentation")
+    parser.add_argument("--dataset", required=True,
+                        choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, *REFERRING, "all", *TAGGING_BENCHMARKS, "custom"])
     parser.add_argument("--split", help="referring datasets: val, testA, testB (refcoco, refcoco+) or val, test "
                                         "(refcocog, umd); default val")
     parser.add_argument("--binarize", choices=list(BINARIZE_MODES), default="threshold",
@@ -96,7 +106,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep-duplicate-names", action="store_true",
                         help="keep names shared by two classes as the original files have them (COCO-Object's "
                              "'bed' is then never predicted); default: drop them from the background's synonyms")
-    parser.add_argument("--out", help="write results (mIoU, per-class IoU) to this JSON file")
+    tagging = parser.add_argument_group("tagging (--task tagging; docs/tagging.md)")
+    tagging.add_argument("--scoring", nargs="+", choices=SCORINGS, default=["clip", "pooled"],
+                         help="clip: global CLIP embedding; pooled: mean projected dense feature; max/mean: over "
+                              "patch cosines")
+    tagging.add_argument("--prompts", nargs="+", choices=PROMPTS, default=["template"],
+                         help="tag texts: a template, the description ensemble, or RAM++'s re-weighted descriptions")
+    parser.add_argument("--descriptions", help="tag descriptions in RAM++'s JSON layout (tools/parse_tags.py "
+                                               "describe). Tagging: for --prompts descriptions/reweighted (default: "
+                                               "the benchmark's released file, if any); segmentation: class names "
+                                               "found in it are prompted with their description ensemble")
+    tagging.add_argument("--threshold", type=float, default=0.25, help="CP/CR/F1: tag predicted iff score >= this")
+    tagging.add_argument("--threshold-file", help="one threshold per taglist line (overrides --threshold)")
+    tagging.add_argument("--reweight-scale", type=float,
+                         help="re-weighting temperature (default: the checkpoint's learned one, else 1/0.07)")
+    tagging.add_argument("--image-size", type=int, help="square input size (default: the CLIP's)")
+    tagging.add_argument("--batch-size", type=int, default=32)
+    tagging.add_argument("--taglist", help="custom benchmark: one tag per line")
+    tagging.add_argument("--annots", help="custom benchmark: image[,tag...] or image[,i j k] per line")
+    tagging.add_argument("--images", help="custom benchmark: the folder the annotation's image fields are under")
+    tagging.add_argument("--annots-format", choices=["auto", "names", "indices"], default="auto")
+    parser.add_argument("--out", help="write results (mIoU, per-class IoU; or tagging metrics) to this JSON file")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the results already in --out (or the comparison JSON) whose settings equal this "
                              "run's; evaluate the rest")
@@ -119,7 +149,7 @@ def _inference_options(args) -> dict:
 def _overrides(args) -> dict:
     overrides = {"inference": _inference_options(args)}
     for flag, key in (("norm", "norm"), ("short_side", "short_side"), ("prompt_set", "templates"),
-                      ("class_names", "class_names")):
+                      ("class_names", "class_names"), ("descriptions", "descriptions")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     return overrides
@@ -144,6 +174,52 @@ def run_referring(args) -> None:
     if int(os.environ.get("RANK", 0)) != 0:
         return
     print(format_referring_table([result]))
+    if args.out:
+        write_json(result, args.out)
+        print(f"wrote {args.out}")
+
+
+def run_tagging(args) -> None:
+    import os
+
+    import numpy as np
+
+    import tagalign
+    from tagalign.models.templates import TEMPLATE_SETS
+    from tagalign.tagging.benchmark import read_benchmark, resolve_benchmark
+    from tagalign.tagging.descriptions import load_descriptions
+    from tagalign.tagging.evaluate import DEFAULT_TEMPLATES, build_tag_texts, evaluate_tagging, format_tagging_table
+
+    try:
+        if args.dataset == "custom":
+            if not (args.taglist and args.annots and args.images):
+                sys.exit("Not starting: --dataset custom needs --taglist, --annots and --images")
+            benchmark = read_benchmark(args.taglist, args.annots, args.images, args.annots_format)
+        else:
+            benchmark = resolve_benchmark(args.dataset, args.data_root)
+    except (MissingDatasetError, ValueError) as err:
+        sys.exit(f"Not starting: {err}")
+    descriptions = args.descriptions
+    if descriptions is None and benchmark.released_descriptions is not None:
+        descriptions = str(benchmark.released_descriptions)
+    if {"descriptions", "reweighted"} & set(args.prompts) and descriptions is None:
+        sys.exit("Not starting: --prompts descriptions/reweighted need --descriptions (tools/parse_tags.py describe "
+                 "writes one; docs/tagging.md)")
+    threshold = np.loadtxt(args.threshold_file, dtype=np.float32, ndmin=1) if args.threshold_file else args.threshold
+    if args.threshold_file and len(threshold) != len(benchmark.tags):
+        sys.exit(f"Not starting: {args.threshold_file} has {len(threshold)} thresholds for {len(benchmark.tags)} tags")
+    device = _init_distributed(args.launcher)
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device,
+                          encoder=args.encoder, encoder_options=args.encoder_options)
+    templates = TEMPLATE_SETS[args.prompt_set] if args.prompt_set else DEFAULT_TEMPLATES
+    texts = build_tag_texts(model, benchmark.tags, args.prompts,
+                            load_descriptions(descriptions) if descriptions else None, templates, args.reweight_scale)
+    result = evaluate_tagging(model, benchmark, texts, args.scoring, args.image_size, args.norm or "imagenet",
+                              threshold, args.batch_size, device=device)
+    result["settings"].update(checkpoint=args.checkpoint, descriptions=descriptions, templates=list(templates))
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    print(format_tagging_table(result))
     if args.out:
         write_json(result, args.out)
         print(f"wrote {args.out}")
@@ -219,6 +295,12 @@ def main() -> None:
     args = parse_args()
     if args.protocol is None:
         args.protocol = PRESETS[args.preset][0] if args.preset else "tagalign"
+    if (args.task == "tagging") != (args.dataset in (*TAGGING_BENCHMARKS, "custom")):
+        sys.exit(f"Not starting: --dataset {args.dataset} is for --task "
+                 f"{'segmentation' if args.task == 'tagging' else 'tagging'}")
+    if args.task == "tagging":
+        run_tagging(args)
+        return
     if args.dataset in REFERRING:
         run_referring(args)
         return

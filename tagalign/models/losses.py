@@ -138,11 +138,15 @@ class TagClassificationLoss(nn.Module):
             weights = weights * frequency.sum() / (frequency * weights).sum().clamp(min=prior_eps)
             self.register_buffer("tag_weights", weights, persistent=False)
 
-    def logits(self, image_emb: torch.Tensor, tag_emb: torch.Tensor) -> torch.Tensor:
-        """``s * cos(image, tag)``, ``[B, T]``; the balanced prior is added only in training mode."""
-        image_emb = F.normalize(image_emb, dim=-1, eps=_NORM_EPS)
-        tag_emb = F.normalize(tag_emb.to(image_emb.dtype), dim=-1, eps=_NORM_EPS)
-        logits = self.temperature() * image_emb @ tag_emb.t()
+    def logits(self, image_emb: torch.Tensor, tag_emb: torch.Tensor | None,
+               cosines: torch.Tensor | None = None) -> torch.Tensor:
+        """``s * cos(image, tag)``, ``[B, T]`` (or ``s * cosines`` when given, e.g. with re-weighted descriptions);
+        the balanced prior is added only in training mode."""
+        if cosines is None:
+            image_emb = F.normalize(image_emb, dim=-1, eps=_NORM_EPS)
+            tag_emb = F.normalize(tag_emb.to(image_emb.dtype), dim=-1, eps=_NORM_EPS)
+            cosines = image_emb @ tag_emb.t()
+        logits = self.temperature() * cosines
         if self.mode == "balanced" and self.training:
             logits = logits + self.log_prior.to(logits.dtype)
         return logits
@@ -154,9 +158,10 @@ class TagClassificationLoss(nn.Module):
         p = logits.softmax(dim=-1)
         return p.clamp(min=self.prob_clamp).log(), p
 
-    def forward(self, image_emb: torch.Tensor, tag_emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_emb: torch.Tensor, tag_emb: torch.Tensor | None, targets: torch.Tensor,
+                cosines: torch.Tensor | None = None) -> torch.Tensor:
         """``targets``: multi-hot ``[B, T]``. Images without tags contribute 0 but count in the batch mean."""
-        logits = self.logits(image_emb, tag_emb)
+        logits = self.logits(image_emb, tag_emb, cosines)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         targets = targets.to(logits.dtype)

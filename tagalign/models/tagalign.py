@@ -24,7 +24,7 @@ from torch import nn
 from .clip import ClipIdentity, clip_identity
 from .dense import POS_INTERPOLATIONS, surgery_patch_tokens, surgery_tokens, validate_surgery_depth
 from .encoders import ENCODERS, global_token
-from .losses import ImageTextContrastiveLoss, TagClassificationLoss
+from .losses import ImageTextContrastiveLoss, LearnableTemperature, TagClassificationLoss
 from .projector import build_projector
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "tagalign-checkpoint/1"
-_TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.")
+_TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.", "reweight_scale.")
 _ACTIVATION_NAMES = {"quick_gelu": "QuickGELU", "gelu": "GELU (nn.GELU)", None: "an unrecorded activation"}
 _LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8,
                   "shared_temperature": False}
@@ -105,6 +105,9 @@ class TagAlign(nn.Module):
         encoder: the dense encoder the projector reads (a name in :data:`tagalign.models.encoders.ENCODERS`);
             ``surgery`` is the reference. ``surgery_layers`` is the depth of ``surgery``/``clip_surgery``.
         encoder_options: keyword options of that encoder (e.g. ``{"sigma": 3.0}`` for ``naclip``).
+        tag_descriptions: a :class:`tagalign.tagging.text.DescriptionBank` of the tags' description embeddings.
+        tag_reweight: score tags in the tag loss with RAM++'s automatic re-weighting of ``tag_descriptions`` (per
+            image, queried with the image feature; a learnable temperature ``reweight_scale``, initially 1/0.07).
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class TagAlign(nn.Module):
         pos_interpolation: str = "bicubic",
         encoder: str = "surgery",
         encoder_options: dict | None = None,
+        tag_descriptions=None,
+        tag_reweight: bool = False,
     ):
         super().__init__()
         if encoder not in ENCODERS:
@@ -155,6 +160,15 @@ class TagAlign(nn.Module):
             if tag_names is not None and len(tag_names) != len(tag_embeddings):
                 raise ValueError(f"{len(tag_names)} tag names for {len(tag_embeddings)} tag embeddings")
         self.register_buffer("tag_embeddings", tag_embeddings, persistent=False)
+        self.tag_reweight = bool(tag_reweight)
+        self.reweight_scale = LearnableTemperature() if self.tag_reweight else None
+        self.has_descriptions = tag_descriptions is not None
+        if tag_descriptions is not None:
+            if tag_embeddings is not None and len(tag_descriptions) != len(tag_embeddings):
+                raise ValueError(f"{len(tag_descriptions)} tags with descriptions for {len(tag_embeddings)} tag "
+                                 f"embeddings")
+            self.register_buffer("description_embeddings", tag_descriptions.embeddings.float(), persistent=False)
+            self.register_buffer("description_mask", tag_descriptions.mask, persistent=False)
         self.tag_vocab_hash = _vocab_hash(tag_names, tag_embeddings)
         self.tag_names = list(tag_names) if tag_names is not None else None
         self.config = _plain({
@@ -162,6 +176,7 @@ class TagAlign(nn.Module):
             "pos_interpolation": pos_interpolation,
             "encoder": encoder,
             "encoder_options": self.encoder_options,
+            "tag_reweight": self.tag_reweight,
             "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),
             "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
         })
@@ -305,6 +320,26 @@ class TagAlign(nn.Module):
         return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * clip
 
     # ------------------------------------------------------------------ training objective
+    def description_bank(self):
+        """The tags' description embeddings as a :class:`~tagalign.tagging.text.DescriptionBank` (or None)."""
+        if not self.has_descriptions:
+            return None
+        from ..tagging.text import DescriptionBank
+
+        return DescriptionBank(self.description_embeddings, self.description_mask)
+
+    def _reweighted_tag_cosines(self, image_emb: torch.Tensor) -> torch.Tensor | None:
+        """``[B, T]`` cosines with the per-image re-weighted descriptions (``tag_reweight``), else None."""
+        if not self.tag_reweight:
+            return None
+        bank = self.description_bank()
+        if bank is None:
+            raise ValueError("tag_reweight needs tag_descriptions (tag_embeddings.pt written with embed --text "
+                             "descriptions or both)")
+        from ..tagging.text import reweighted_cosines
+
+        return reweighted_cosines(image_emb, bank, self.reweight_scale())
+
     def loss(
         self,
         images: torch.Tensor,
@@ -329,7 +364,8 @@ class TagAlign(nn.Module):
                 raise ValueError("the tag loss needs tag_embeddings; build TagAlign with them or set tag_weight=0")
             if not torch.is_tensor(tag_targets):
                 tag_targets = multi_hot(tag_targets, len(self.tag_embeddings), device=images.device)
-            losses["loss_tag"] = self.tag_weight * self.tag_loss(image_emb, self.tag_embeddings, tag_targets)
+            losses["loss_tag"] = self.tag_weight * self.tag_loss(image_emb, self.tag_embeddings, tag_targets,
+                                                                 cosines=self._reweighted_tag_cosines(image_emb))
             losses["tag_scale"] = self.tag_loss.temperature().detach()
         if not any(k.startswith("loss_") for k in losses):
             raise ValueError("both loss weights are 0: nothing to train")

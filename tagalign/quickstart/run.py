@@ -4,6 +4,7 @@ Three models are scored on three splits, all with the evaluation code of ``tools
 - ``untrained``: the untrained projector, i.e. the dense encoder's training-free baseline on the pretrained CLIP;
 - ``objects``: TagAlign trained with object tags only (the vocabulary of ``--top-k-attributes 0``);
 - ``objects+attributes``: TagAlign trained with object and attribute (colour) tags, the paper's setting.
+Tagging: mAP on the world's tagging split (RAM's layout), pooled projected feature against the tag template.
 Splits: ``shapes_bg`` (each object by its shape, background scored: the with-background protocol), ``shapes`` (each
 object by its colour, background ignored) and ``shapes-ref`` (referring expressions such as "the red square" beside a
 blue square: only the attribute tells the two apart).
@@ -120,7 +121,21 @@ def _scores(checkpoint: Path | None, world: dict, data_root: Path, work_dir: Pat
                                     inference=INFERENCE, short_side=224, progress=False)
         scores[f"referring{suffix}_mIoU"], scores[f"referring{suffix}_oIoU"] = result["mIoU"], result["oIoU"]
         scores["referring_expressions"] = result["num_expressions"]
+    scores.update(_tagging_scores(model, data_root))
     return scores
+
+
+def _tagging_scores(model, data_root: Path) -> dict:
+    """Tagging mAP on the RAM-layout split, with the code of ``tools/test.py --task tagging``."""
+    from ..tagging.benchmark import read_benchmark
+    from ..tagging.evaluate import build_tag_texts, evaluate_tagging
+
+    folder = data_root / "tagging"
+    benchmark = read_benchmark(folder / "shapes_taglist.txt", folder / "shapes_annots.txt", folder / "imgs",
+                               name="shapes-tagging")
+    texts = build_tag_texts(model, benchmark.tags, ["template"])
+    rows = evaluate_tagging(model, benchmark, texts, ("clip", "pooled"), num_workers=0)["rows"]
+    return {"tagging_mAP": rows["pooled/template"]["mAP"], "tagging_clip_mAP": rows["clip/template"]["mAP"]}
 
 
 #: What the summary's numbers are. The reference's fixed background threshold (0.4 on sigmoid(10 cos - 2.5)) is
@@ -134,6 +149,9 @@ COLUMNS = {
     "referring_mIoU": "shapes-ref, mask = expression more probable than the prompt 'background' "
                       "(tools/test.py --dataset shapes-ref --binarize background)",
     "referring_threshold_mIoU": "shapes-ref, mask = probability above 0.4 (--binarize threshold, the paper's)",
+    "tagging_mAP": "tagging split (RAM layout; tags = colours and shapes shown), mAP of the pooled projected feature "
+                   "against 'a photo of a {tag}.' (tools/test.py --task tagging --dataset custom --scoring pooled)",
+    "tagging_clip_mAP": "the same with the frozen CLIP's global embedding (--scoring clip): the CLIP baseline",
 }
 
 
@@ -160,12 +178,13 @@ def _retarget(cfg, old: Path, new: Path) -> None:
 
 def format_table(summary: dict) -> str:
     """The quickstart's result as a Markdown table: one row per model."""
-    lines = ["| model | with-bg mIoU | without-bg mIoU | referring mIoU | referring oIoU | time (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | with-bg mIoU | without-bg mIoU | referring mIoU | referring oIoU | tagging mAP | time (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     labels = {"untrained": f"untrained projector ({summary['encoder']})", "objects": "TagAlign, objects only",
               "objects+attributes": "TagAlign, objects + attributes"}
     for name in MODELS:
         row = summary["rows"][name]
         lines.append(f"| {labels[name]} | {row['with_bg_mIoU']:.2f} | {row['without_bg_mIoU']:.2f} | "
-                     f"{row['referring_mIoU']:.2f} | {row['referring_oIoU']:.2f} | {row['seconds']:.0f} |")
+                     f"{row['referring_mIoU']:.2f} | {row['referring_oIoU']:.2f} | {row['tagging_mAP']:.2f} | "
+                     f"{row['seconds']:.0f} |")
     return "\n".join(lines)

@@ -7,7 +7,9 @@
 - ``tiny_clip/``: a tiny CLIP whose two towers were trained contrastively on the training pairs, as an open_clip
   hub-style folder;
 - ``shapes_voc/`` (colours, background ignored), ``shapes_bg_voc/`` (shapes, background scored) and ``refer/``
-  (``shapes-ref``: "the red square" beside a blue square): the evaluation splits.
+  (``shapes-ref``: "the red square" beside a blue square): the evaluation splits;
+- ``tagging/``: a tagging split in RAM's layout (``shapes_taglist.txt``, ``shapes_annots.txt``, ``imgs/``): the tags
+  of an image are the colours and shapes it shows; one image in eight shows none.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..data.synthetic import (
     write_voc_split,
 )
 from ..models.pretrain import PretrainConfig, pretrain_clip, save_open_clip_folder, to_clip_input, zero_shot_accuracy
+from ..tagging.benchmark import write_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ __all__ = ["CLIP_NAME", "WORLD_VERSION", "build_shapes_world"]
 #: The tiny CLIP's architecture (``tagalign/models/model_configs``): 8 blocks of width 64, 16-pixel patches, 112 px.
 CLIP_NAME = "tagalign-tiny-112"
 #: Bumped whenever the world's content changes, so an older world on disk is rebuilt rather than reused.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 TAG_DIRS = {"objects+attributes": "tags", "objects": "tags_objects"}
 
 
@@ -89,7 +92,12 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
     write_voc_split(root / "shapes_voc", eval_scenes)  # by colour, background ignored
     write_voc_split(root / "shapes_bg_voc", eval_scenes, classes=SHAPES, by="shape")  # by shape, with background
     write_refer_dataset(root / "refer", "shapes-ref", [render_referring_scene(rng) for _ in range(num_eval // 2)])
-    logger.info("shapes world: %d training images in %s, %d evaluation images", len(keys), root / "shards",
+    tag_scenes = [render_scene(rng, min_objects=0, max_objects=0) if i % 8 == 7 else render_scene(rng)
+                  for i in range(num_eval)]
+    write_benchmark(root / "tagging", "shapes", [*COLOURS, *SHAPES],
+                    [(s.image, sorted({c for c, _ in s.objects}) + sorted({sh for _, sh in s.objects}))
+                     for s in tag_scenes])
+    logger.info("shapes world: %d training images in %s, %d evaluation images per split", len(keys), root / "shards",
                 num_eval)
     world = {"clip": str(clip_dir), "clip_name": CLIP_NAME, "clip_zero_shot": zero_shot, "train_samples": len(keys),
              "eval_images": num_eval, "params": params}

@@ -122,6 +122,7 @@ def build_test_config(
             normalize_each_template=settings["normalize_each_template"],
             duplicate_names=duplicate_names,
             has_background=dataset_classes[0] == "background",
+            descriptions=settings.get("descriptions"),
             inference=dict(settings["inference"]),
             data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(settings["norm"])),
         ),

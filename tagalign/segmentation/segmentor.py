@@ -16,7 +16,8 @@ from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 
 from ..api import load
-from ..models.clip import DEFAULT_TEMPLATES, encode_texts
+from ..models.clip import DEFAULT_TEMPLATES
+from ..tagging.text import class_text_embeddings
 from .class_names import resolve_duplicates
 from .inference import InferenceConfig, predict_probabilities
 from .similarity_inference import class_probabilities, labels_from_probabilities, window_similarities
@@ -41,6 +42,8 @@ class TagAlignSegmentor(BaseSegmentor):
         duplicate_names: ``drop_from_background`` or ``keep`` (see :func:`.class_names.resolve_duplicates`).
         has_background: whether class 0 is the dataset's background (default: its first name is "background").
         inference: :class:`InferenceConfig` fields.
+        descriptions: a RAM++ tag-description file; class names found in it are prompted with their description
+            ensemble instead of the templates (docs/tagging.md).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class TagAlignSegmentor(BaseSegmentor):
         normalize_each_template: bool = False,
         duplicate_names: str = "drop_from_background",
         has_background: bool | None = None,
+        descriptions: str | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
@@ -74,8 +78,8 @@ class TagAlignSegmentor(BaseSegmentor):
         first = 1 if self.with_background else 0
         self.register_buffer("query_class", torch.tensor(
             [index for index, names in enumerate(prompted, start=first) for _ in names]), persistent=False)
-        self.register_buffer("text_emb", encode_texts(self.tagalign.clip, queries, templates,
-                                                      normalize_each=normalize_each_template), persistent=False)
+        self.register_buffer("text_emb", class_text_embeddings(self.tagalign.clip, queries, templates, descriptions,
+                                                               normalize_each_template), persistent=False)
         self.num_classes = self.out_channels = len(groups)
         self.align_corners = False
 

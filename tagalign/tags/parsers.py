@@ -15,7 +15,7 @@ from .prompts import OUTPUT_SCHEMA, build_prompt, parse_answer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LLMParser", "NLTKParser", "ParseResult", "TagParser", "TextGenerator", "VLLMGenerator"]
+__all__ = ["LLMParser", "NLTKParser", "ParseResult", "TagParser", "TextGenerator", "VLLMGenerator", "make_llm"]
 
 OBJECT_POS = ("NN", "NNS")
 ATTRIBUTE_POS = ("JJ", "JJR", "JJS")
@@ -75,6 +75,16 @@ class TextGenerator(Protocol):
         ...
 
 
+def make_llm(model: str, tensor_parallel_size: int = 1, max_model_len: int = 2048,
+             gpu_memory_utilization: float = 0.9, dtype: str = "auto", seed: int = 0, **engine_kwargs):
+    """vLLM's offline engine with prefix caching (shared by tag parsing and tag descriptions)."""
+    from vllm import LLM
+
+    return LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+               gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed, enable_prefix_caching=True,
+               **engine_kwargs)
+
+
 class VLLMGenerator:
     """vLLM's offline engine with JSON-schema structured output, prefix caching and greedy decoding.
 
@@ -93,18 +103,8 @@ class VLLMGenerator:
         retry_temperature: float = 0.7,
         **engine_kwargs,
     ):
-        from vllm import LLM
-
-        self.llm = LLM(
-            model=model,
-            tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype,
-            seed=seed,
-            enable_prefix_caching=True,
-            **engine_kwargs,
-        )
+        self.llm = make_llm(model, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype, seed,
+                            **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_prompt_tokens = max_model_len - max_tokens
         self.max_tokens = max_tokens

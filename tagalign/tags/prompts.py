@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["FEW_SHOT", "INSTRUCTION", "OUTPUT_SCHEMA", "VICUNA_SYSTEM", "build_prompt", "parse_answer", "task_text"]
+__all__ = ["FEW_SHOT", "INSTRUCTION", "OUTPUT_SCHEMA", "VICUNA_SYSTEM", "build_prompt", "chat_prompt", "parse_answer",
+           "task_text"]
 
 MAX_TAGS = 12
 MAX_TAG_CHARS = 40
@@ -62,8 +63,12 @@ def task_text(caption: str) -> str:
 
 
 def build_prompt(caption: str, tokenizer=None) -> str:
-    """The model's chat template when its tokenizer has one, otherwise the Vicuna v1.1 format."""
-    message = task_text(caption)
+    """The tagging request for ``caption`` in the model's chat format (see :func:`chat_prompt`)."""
+    return chat_prompt(task_text(caption), tokenizer)
+
+
+def chat_prompt(message: str, tokenizer=None) -> str:
+    """One user message in the model's chat template when its tokenizer has one, otherwise the Vicuna v1.1 format."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True

@@ -35,6 +35,27 @@ def _check_frequency_vocab(tag_frequency: str, vocab_hash: str | None, tag_embed
             )
 
 
+TAG_TEXTS = ("template", "descriptions", "reweighted")
+
+
+def _tag_text(payload: dict, tag_text: str, path: str):
+    """``(tag embeddings [T, D], description bank or None)`` for the chosen tag text."""
+    if tag_text not in TAG_TEXTS:
+        raise ValueError(f"model.tag_text must be one of {TAG_TEXTS}; got {tag_text!r}")
+    if tag_text == "template":
+        return payload.get("template_embeddings", payload["embeddings"]), None
+    if "description_embeddings" not in payload:
+        raise ValueError(f"model.tag_text={tag_text!r} needs description embeddings, but {path} was written with "
+                         f"--text {payload.get('text', 'template')}: rerun tools/parse_tags.py embed with --text "
+                         f"descriptions (or both)")
+    from ..tagging.text import DescriptionBank
+
+    bank = DescriptionBank(payload["description_embeddings"], payload["description_mask"])
+    logger.info("tag classifier text: %s (%d descriptions of %d tags from %s)", tag_text, int(bank.mask.sum()),
+                len(bank), payload["descriptions"]["file"])
+    return payload["ensemble_embeddings"], bank if tag_text == "reweighted" else None
+
+
 @MODELS.register_module(force=True)
 class TagAlignTrainModel(BaseModel):
     """Args:
@@ -43,12 +64,16 @@ class TagAlignTrainModel(BaseModel):
         tag_frequency: ``tag_frequency.npy`` (needed by the ``balanced`` and ``weighted`` tag losses).
         surgery_layers, projector, loss, pos_interpolation, encoder, encoder_options: see
             :class:`tagalign.models.TagAlign` (``encoder="clearclip"`` trains the projector on ClearCLIP's tokens).
+        tag_text: the tag classifier's text (RAM++'s tag description supervision, adapted): ``template`` ("a photo
+            of a {tag}.", the reference), ``descriptions`` (the LLM-description ensemble) or ``reweighted`` (RAM++'s
+            per-image re-weighting of the descriptions, learnable temperature). The last two need
+            ``tag_embeddings.pt`` from ``tools/parse_tags.py embed --text descriptions`` (or ``both``).
     """
 
     def __init__(self, clip: str, pretrained: str | None, tag_embeddings: str, tag_frequency: str | None = None,
                  surgery_layers: int = 6, projector: dict | None = None, loss: dict | None = None,
                  pos_interpolation: str = "bicubic", encoder: str = "surgery", encoder_options: dict | None = None,
-                 data_preprocessor: dict | None = None):
+                 tag_text: str = "template", data_preprocessor: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"))
         clip_model = load_clip(clip, pretrained)
         payload = load_tag_embeddings(tag_embeddings)
@@ -68,9 +93,11 @@ class TagAlignTrainModel(BaseModel):
             if len(loss["tag_frequency"]) != len(payload["embeddings"]):
                 raise ValueError(f"{tag_frequency} has {len(loss['tag_frequency'])} tags, "
                                  f"{tag_embeddings} has {len(payload['embeddings'])}")
-        self.tagalign = TagAlign(clip_model, payload["embeddings"], surgery_layers, projector, loss,
+        embeddings, bank = _tag_text(payload, tag_text, tag_embeddings)
+        self.tagalign = TagAlign(clip_model, embeddings, surgery_layers, projector, loss,
                                  tag_names=payload["tags"], pos_interpolation=pos_interpolation, encoder=encoder,
-                                 encoder_options=encoder_options)
+                                 encoder_options=encoder_options, tag_descriptions=bank,
+                                 tag_reweight=tag_text == "reweighted")
 
     def forward(self, images: torch.Tensor, text_tokens=None, tag_ids=None, mode: str = "loss", **unused):
         if mode != "loss":
