@@ -124,10 +124,6 @@ def _description_bank(model, names: list[str], vocab, descriptions):
     """The tags' description bank: from ``descriptions`` (a RAM++ file or mapping), else from a
     ``tag_embeddings.pt`` written with ``embed --text descriptions|both``, else the model's own."""
     if descriptions is not None:
-        if not isinstance(descriptions, dict):
-            from .tagging.descriptions import load_descriptions
-
-            descriptions = load_descriptions(descriptions)
         return encode_descriptions(model.clip, names, descriptions)[0]
     if isinstance(vocab, str | os.PathLike):
         from .tagging.text import DescriptionBank
@@ -154,10 +150,11 @@ def tag(model, image, top_k: int = 20, vocab=None, size: int = 224, descriptions
     without it, ``vocab``'s description embeddings. With only ``descriptions``, its tags are the vocabulary."""
     if prompts not in ("template", "descriptions", "reweighted"):
         raise ValueError(f"prompts must be template, descriptions or reweighted; got {prompts!r}")
-    if vocab is None and descriptions is not None and not isinstance(descriptions, dict):
+    if descriptions is not None and not isinstance(descriptions, dict):
         from .tagging.descriptions import load_descriptions
 
         descriptions = load_descriptions(descriptions)
+    if vocab is None and descriptions is not None:
         vocab = list(descriptions)
     names, embeddings = _vocabulary(model, vocab)
     array = load_image(image)

@@ -133,3 +133,27 @@ def test_demo_without_texts_is_an_error(trained):
     result = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), str(root / "scene.jpg")],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "at least one query" in result.stderr
+
+
+def test_descriptions_replace_the_templates_in_segment_and_the_demo(trained, tmp_path):
+    """A description file's texts prompt the names it describes: "red" described as "a photo of a blue." segments
+    exactly as "blue" does; the demo's tags come from the file's tags, re-weighted per image."""
+    from tagalign.tagging.descriptions import write_descriptions
+
+    root, model = trained
+    described = tagalign.segment(model, root / "scene.jpg", ["red", "green"], short_side=224,
+                                 descriptions={"red": ["a photo of a blue."]})
+    plain = tagalign.segment(model, root / "scene.jpg", ["blue", "green"], short_side=224)
+    assert np.allclose(described.probabilities, plain.probabilities, atol=1e-5)
+    descriptions = {"red": ["a photo of a red.", "A red thing."], "square": ["a photo of a square.", "Four sides."],
+                    "sky": ["a photo of a sky."]}
+    write_descriptions(tmp_path / "d.json", descriptions)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/demo.py"), str(root / "scene.jpg"), "--texts", "red", "--checkpoint",
+         str(root / "ckpt.pth"), "--out", str(tmp_path / "out"), "--tags", "3", "--descriptions",
+         str(tmp_path / "d.json"), "--tag-prompts", "reweighted", "--short-side", "224"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = tagalign.tag(model, root / "scene.jpg", top_k=3, descriptions=descriptions, prompts="reweighted")
+    assert "tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in expected) in result.stdout
+    assert sorted(t for t, _ in expected) == ["red", "sky", "square"]

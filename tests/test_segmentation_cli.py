@@ -152,3 +152,23 @@ def test_one_encoder_prints_its_published_numbers_and_resumes(one_image_layouts,
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):
     with pytest.raises(MissingDatasetError, match=r"VOC2012/JPEGImages.*docs/datasets.md#voc"):
         resolve_data_root(BENCHMARKS["voc"], tmp_path)
+
+
+def test_descriptions_prompt_the_class_names_they_describe(one_image_layouts, tiny_clip_file, tmp_path):
+    """--descriptions reaches the segmentor: when all 20 classes are described by one same text, every class scores
+    alike and the whole image gets one label; the run records the file in its settings."""
+    from tagalign.tagging.descriptions import write_descriptions
+
+    names = [f"class{i}" for i in range(20)]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    write_descriptions(tmp_path / "d.json", {name: ["a photo of a dog."] for name in names})
+    args = ["--dataset", "voc20", "--data-root", str(one_image_layouts), "--clip", "tagalign-tiny", "--pretrained",
+            tiny_clip_file, "--class-names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "r.json"),
+            "--work-dir", str(tmp_path / "w"), "--mode", "whole", "--save-preds", str(tmp_path / "preds")]
+    _run_test_tool([*args, "--descriptions", str(tmp_path / "d.json")], tmp_path)
+    preds = [np.array(Image.open(p)) for p in (tmp_path / "preds").rglob("*.png")]
+    assert preds and all(len(np.unique(p)) == 1 for p in preds)
+    settings = json.loads((tmp_path / "r.json").read_text())["voc20"]["settings"]
+    assert settings["descriptions"] == str(tmp_path / "d.json")
+    _run_test_tool(args, tmp_path)  # without them the class names differ and so do the labels
+    assert any(len(np.unique(np.array(Image.open(p)))) > 1 for p in (tmp_path / "preds").rglob("*.png"))

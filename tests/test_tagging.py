@@ -314,6 +314,13 @@ def test_description_embeddings_train_the_tag_loss_with_reweighting(tmp_path, ti
     assert [t for t, _ in ranked] == [tags[i] for i in np.argsort(want)[::-1]]
     assert [s for _, s in ranked] == pytest.approx(sorted(want, reverse=True), abs=1e-5)
 
+    from tagalign.models import save_checkpoint
+
+    save_checkpoint(model.tagalign, tmp_path / "ckpt.pth")  # the learned re-weighting temperature travels with it
+    loaded = tagalign.load(tmp_path / "ckpt.pth", pretrained=str(tmp_path / "clip.pt"))
+    assert loaded.reweight_scale().item() == pytest.approx(model.tagalign.reweight_scale().item())
+    assert loaded.reweight_scale().item() != pytest.approx(1 / 0.07)
+
     template_only = tmp_path / "template.pt"
     torch.save({k: v for k, v in payload.items() if "description" not in k and k != "ensemble_embeddings"},
                template_only)
@@ -351,3 +358,31 @@ def test_class_names_with_descriptions_get_their_ensemble(tiny_clip):
     assert torch.allclose(embeddings[0], F.normalize(described.mean(0), dim=0), atol=1e-6)
     assert torch.allclose(embeddings[1], F.normalize(encode_texts(tiny_clip, ["blue"], ["a photo of a {}."])[0],
                                                      dim=0), atol=1e-6)
+
+
+def test_named_benchmarks_resolve_in_rams_layout(tmp_path):
+    from tagalign.segmentation.benchmarks import MissingDatasetError
+    from tagalign.tagging.benchmark import count_missing_images, resolve_benchmark
+
+    hico = tmp_path / "hico"
+    (hico / "imgs").mkdir(parents=True)
+    (hico / "hico_600_taglist.txt").write_text("person ride bicycle\nperson no_interaction zebra\ndining_table")
+    (hico / "hico_600_annots.txt").write_text("HICO_test2015_00000001.jpg,0 2\nHICO_test2015_00000002.jpg,1")
+    (hico / "imgs/HICO_test2015_00000002.jpg").write_bytes(b"")
+    bench = resolve_benchmark("hico", tmp_path)
+    assert bench.targets.tolist() == [[1, 0, 1], [0, 1, 0]] and bench.spec.paper["RAM++-14M Swin-B"] == 37.7
+    assert count_missing_images(bench) == 1 and bench.released_descriptions is None
+    (hico / "imgs/HICO_test2015_00000002.jpg").unlink()
+    with pytest.raises(MissingDatasetError, match="none of its 2 images exists"):
+        count_missing_images(bench)
+    rare = tmp_path / "openimages_rare_200"
+    rare.mkdir()
+    (rare / "openimages_rare_200_ram_taglist.txt").write_text("Aerial photography\nFull moon\n")
+    (rare / "openimages_rare_200_ram_annots.txt").write_text("test/00a1b2c3d4e5f607,Full moon\n")
+    released = rare / "openimages_rare_200_llm_tag_descriptions.json"
+    write_descriptions(released, {"Full moon": ["a photo of a full moon."]})
+    bench = resolve_benchmark("openimages_rare", rare)  # --data-root may also be the benchmark's own folder
+    assert bench.images == [rare / "imgs/test/00a1b2c3d4e5f607.jpg"] and bench.targets.tolist() == [[0, 1]]
+    assert bench.released_descriptions == released
+    with pytest.raises(MissingDatasetError, match="openimages_common_214"):
+        resolve_benchmark("openimages_common", tmp_path)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -126,12 +127,14 @@ def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_l
                str(tmp_path / "tags.txt"), "--model", str(tiny_llama), "--gpu-memory-utilization", "0.3",
                "--dtype", "float32", "--max-model-len", "2048", "--samples", "3", "--max-tokens", "24",
                "--chunk-size", "1"]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group: the kill takes vLLM's engine processes too, as a scheduler's job kill does
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     second = out / "descriptions" / "part-000001.jsonl"
     deadline = time.monotonic() + 600
     while not second.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     before = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
     assert 2 <= len(before) < len(tags), sorted(before)  # the kill interrupted the run

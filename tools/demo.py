@@ -30,6 +30,7 @@ from tagalign.data.transforms import load_image  # noqa: E402
 from tagalign.feature_cache import PatchFeatureCache  # noqa: E402
 from tagalign.inference import parse_texts  # noqa: E402
 from tagalign.models import TagAlign  # noqa: E402
+from tagalign.tagging.descriptions import load_descriptions  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
@@ -90,7 +91,8 @@ def main() -> None:
     if not args.texts:
         raise SystemExit("give at least one query with --texts")
     if args.tags and not (args.vocab or args.descriptions):
-        raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words)")
+        raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words) or "
+                         "--descriptions (its tags are the vocabulary)")
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
     baseline = None
     if args.compare_clip:  # same frozen encoder: its features are computed once per image for both rows
@@ -99,8 +101,9 @@ def main() -> None:
     vocab = _vocab(args.vocab)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    descriptions = load_descriptions(args.descriptions) if args.descriptions else None  # read once
     options = dict(background=not args.no_background, slide=not args.whole, bg_thresh=args.bg_thresh,
-                   short_side=args.short_side, descriptions=args.descriptions)
+                   short_side=args.short_side, descriptions=descriptions)
     parse_texts(args.texts)  # duplicate or empty queries: stop before any image
     failed = []
     for name, source in tqdm(images, desc="images", disable=len(images) == 1):
@@ -120,7 +123,7 @@ def main() -> None:
         areas = ", ".join(f"{text} {100 * area:.1f}%" for text, area in result.areas.items())
         print(f"{name}: {areas}")
         if args.tags:
-            tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab, descriptions=args.descriptions,
+            tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab, descriptions=descriptions,
                                 prompts=args.tag_prompts)
             print("  tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
     print(f"wrote overlays and heatmaps of {len(images) - len(failed)} image(s) to {out}")

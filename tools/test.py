@@ -186,10 +186,13 @@ def run_tagging(args) -> None:
 
     import tagalign
     from tagalign.models.templates import TEMPLATE_SETS
-    from tagalign.tagging.benchmark import read_benchmark, resolve_benchmark
+    from tagalign.tagging.benchmark import count_missing_images, read_benchmark, resolve_benchmark
     from tagalign.tagging.descriptions import load_descriptions
     from tagalign.tagging.evaluate import DEFAULT_TEMPLATES, build_tag_texts, evaluate_tagging, format_tagging_table
 
+    if args.encoder == "all" or args.protocol != "tagalign" or args.preset:
+        sys.exit("Not starting: tagging scores one model per run (docs/tagging.md); --encoder all, --protocol and "
+                 "--preset are for the semantic segmentation benchmarks")
     try:
         if args.dataset == "custom":
             if not (args.taglist and args.annots and args.images):
@@ -197,23 +200,28 @@ def run_tagging(args) -> None:
             benchmark = read_benchmark(args.taglist, args.annots, args.images, args.annots_format)
         else:
             benchmark = resolve_benchmark(args.dataset, args.data_root)
-    except (MissingDatasetError, ValueError) as err:
+        missing = count_missing_images(benchmark)
+        descriptions = args.descriptions
+        if descriptions is None and benchmark.released_descriptions is not None:
+            descriptions = str(benchmark.released_descriptions)
+        if {"descriptions", "reweighted"} & set(args.prompts) and descriptions is None:
+            sys.exit("Not starting: --prompts descriptions/reweighted need --descriptions (tools/parse_tags.py "
+                     "describe writes one; docs/tagging.md)")
+        described = load_descriptions(descriptions) if descriptions else None
+        threshold = np.loadtxt(args.threshold_file, dtype=np.float32, ndmin=1) if args.threshold_file \
+            else args.threshold
+    except (MissingDatasetError, ValueError, OSError) as err:
         sys.exit(f"Not starting: {err}")
-    descriptions = args.descriptions
-    if descriptions is None and benchmark.released_descriptions is not None:
-        descriptions = str(benchmark.released_descriptions)
-    if {"descriptions", "reweighted"} & set(args.prompts) and descriptions is None:
-        sys.exit("Not starting: --prompts descriptions/reweighted need --descriptions (tools/parse_tags.py describe "
-                 "writes one; docs/tagging.md)")
-    threshold = np.loadtxt(args.threshold_file, dtype=np.float32, ndmin=1) if args.threshold_file else args.threshold
     if args.threshold_file and len(threshold) != len(benchmark.tags):
         sys.exit(f"Not starting: {args.threshold_file} has {len(threshold)} thresholds for {len(benchmark.tags)} tags")
+    if missing:
+        print(f"warning: {missing} of {len(benchmark.images)} images are missing; they are scored as black images, "
+              f"as RAM's harness does (listed in the result)")
     device = _init_distributed(args.launcher)
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device,
                           encoder=args.encoder, encoder_options=args.encoder_options)
     templates = TEMPLATE_SETS[args.prompt_set] if args.prompt_set else DEFAULT_TEMPLATES
-    texts = build_tag_texts(model, benchmark.tags, args.prompts,
-                            load_descriptions(descriptions) if descriptions else None, templates, args.reweight_scale)
+    texts = build_tag_texts(model, benchmark.tags, args.prompts, described, templates, args.reweight_scale)
     result = evaluate_tagging(model, benchmark, texts, args.scoring, args.image_size, args.norm or "imagenet",
                               threshold, args.batch_size, device=device)
     result["settings"].update(checkpoint=args.checkpoint, descriptions=descriptions, templates=list(templates))

@@ -3,9 +3,10 @@
 The dense encoder is CLIP Surgery's (``surgery``, the reference) or any training-free encoder of
 :mod:`tagalign.models.encoders` (``encoder="clearclip"``, ...): the projector trains on that encoder's tokens.
 
-Only the projector and the two loss temperatures train. A checkpoint holds just that trainable state plus the
-model config, the CLIP identity (name, weights source, weights hash) and the tag-vocabulary hash; the CLIP weights
-are reloaded from their original source and checked against the hash.
+Only the projector and the two loss temperatures train (and, with ``tag_reweight``, RAM++'s re-weighting
+temperature). A checkpoint holds just that trainable state plus the model config, the CLIP identity (name, weights
+source, weights hash) and the tag-vocabulary hash; the CLIP weights are reloaded from their original source and
+checked against the hash.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class TagAlign(nn.Module):
         return self.clip.visual.conv1.stride[0]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The projector and the two loss temperatures: everything a checkpoint needs to store."""
+        """The projector and the temperatures: everything a checkpoint needs to store."""
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(_TRAINABLE_PREFIXES)}
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:

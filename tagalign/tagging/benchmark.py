@@ -20,8 +20,8 @@ from ..segmentation.benchmarks import MissingDatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TAGGING_BENCHMARKS", "TaggingBenchmark", "TaggingSpec", "read_benchmark", "resolve_benchmark",
-           "write_benchmark"]
+__all__ = ["TAGGING_BENCHMARKS", "TaggingBenchmark", "TaggingSpec", "count_missing_images", "read_benchmark",
+           "resolve_benchmark", "write_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,17 @@ def read_benchmark(taglist: str | os.PathLike, annots: str | os.PathLike, images
                                      f"{taglist.name}, got {value!r}")
                 targets[row, int(value)] = True
     return TaggingBenchmark(name, tags, paths, targets, spec)
+
+
+def count_missing_images(benchmark: TaggingBenchmark) -> int:
+    """How many of the benchmark's image files are absent; raises when none is there (a wrong image folder)."""
+    missing = sum(not path.is_file() for path in benchmark.images)
+    if benchmark.images and missing == len(benchmark.images):
+        raise MissingDatasetError(
+            f"tagging benchmark '{benchmark.name}': none of its {len(benchmark.images)} images exists (first expected: "
+            f"{benchmark.images[0]}). Put the images there (docs/tagging.md), or point --images/--data-root at them."
+        )
+    return missing
 
 
 def resolve_benchmark(key: str, data_root: str | os.PathLike | None) -> TaggingBenchmark:

@@ -141,8 +141,10 @@ def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: De
         stale.unlink(missing_ok=True)
     _check_settings(folder, settings, tags)
     chunks = [tags[i : i + settings.chunk_size] for i in range(0, len(tags), settings.chunk_size)]
-    start, resumed = time.monotonic(), 0
-    rows: list[dict] = []
+    start, resumed, fresh = time.monotonic(), 0, 0
+    kept: dict[str, list[str]] = {tag: [photo_prompt(tag)] for tag in tags}
+    statuses: Counter = Counter()
+    retried: set[tuple[str, int]] = set()
     for index, chunk in enumerate(chunks):
         part = folder / f"part-{index:06d}.jsonl"
         if part.exists():
@@ -150,20 +152,21 @@ def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: De
         else:
             _atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                         for r in _describe_chunk(chunk, describer, settings)))
-            done = sum(len(c) for c in chunks[: index + 1])
-            logger.info("described %d/%d tags (%.1f tags/s)", done, len(tags), done / max(time.monotonic() - start,
-                                                                                          1e-9))
-        rows.extend(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines())
-    kept: dict[str, list[str]] = {tag: [photo_prompt(tag)] for tag in tags}
-    for row in rows:
-        if row["status"] in KEPT:
-            kept[row["tag"]].append(row["text"])
+            fresh += len(chunk)
+            logger.info("described %d/%d tags (%d in this run, %.2f tags/s)", sum(map(len, chunks[: index + 1])),
+                        len(tags), fresh, fresh / max(time.monotonic() - start, 1e-9))
+        with open(part, encoding="utf-8") as handle:  # streamed: a large vocabulary's answers never sit in memory
+            for line in handle:
+                row = json.loads(line)
+                statuses[row["status"]] += 1
+                if row["attempt"]:
+                    retried.add((row["tag"], row["prompt"]))
+                if row["status"] in KEPT:
+                    kept[row["tag"]].append(row["text"])
     path = write_descriptions(output or out_dir / "tag_descriptions.json", kept)
-    statuses = Counter(row["status"] for row in rows)
-    stats = {"tags": len(tags), "answers": len(rows), **{s: statuses.get(s, 0) for s in
-                                                          ("kept", "trimmed", "off_topic", "cut", "empty",
-                                                           "too_long")},
-             "retried_requests": len({(r["tag"], r["prompt"]) for r in rows if r["attempt"] == 1}),
+    stats = {"tags": len(tags), "answers": sum(statuses.values()),
+             **{s: statuses.get(s, 0) for s in ("kept", "trimmed", "off_topic", "cut", "empty", "too_long")},
+             "retried_requests": len(retried),
              "tags_without_descriptions": [t for t, texts in kept.items() if len(texts) == 1],
              "chunks_resumed": resumed, "output": str(path)}
     stats_dir = out_dir / "stats"

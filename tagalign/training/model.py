@@ -43,6 +43,9 @@ def _tag_text(payload: dict, tag_text: str, path: str):
     if tag_text not in TAG_TEXTS:
         raise ValueError(f"model.tag_text must be one of {TAG_TEXTS}; got {tag_text!r}")
     if tag_text == "template":
+        if payload.get("text", "template") == "descriptions":
+            raise ValueError(f"{path} holds description embeddings only (embed --text descriptions): set "
+                             f"model.tag_text=descriptions, or rerun tools/parse_tags.py embed with --text both")
         return payload.get("template_embeddings", payload["embeddings"]), None
     if "description_embeddings" not in payload:
         raise ValueError(f"model.tag_text={tag_text!r} needs description embeddings, but {path} was written with "
