@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -19,10 +18,26 @@ import torch
 from _machine import machine_line
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+
+
+def _start_peak(device: str) -> float:
+    """Reset the peak-memory mark and return the memory in use now (MB)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/clear_refs", "w") as refs:  # Linux: "5" resets the process's peak RSS (VmHWM)
+        refs.write("5")
+    return _status_mb("VmRSS")
+
+
 def _peak_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _status_mb("VmHWM")
 
 
 def reweighting(args) -> dict:
@@ -34,7 +49,7 @@ def reweighting(args) -> dict:
     bank = DescriptionBank(F.normalize(torch.randn(args.tags, args.descriptions, 512, generator=generator), dim=-1),
                            torch.ones(args.tags, args.descriptions, dtype=torch.bool)).to(args.device)
     query = torch.randn(args.batch, 512, generator=generator).to(args.device)
-    base = _peak_mb(args.device)
+    base = _start_peak(args.device)
     start = time.perf_counter()
     if args.variant == "gram":
         scores = reweighted_cosines(query, bank)
