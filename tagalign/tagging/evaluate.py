@@ -177,6 +177,8 @@ def evaluate_tagging(model, benchmark: TaggingBenchmark, texts: TagTexts, scorin
         raise ValueError(f"unknown scoring(s) {unknown}; choose from {SCORINGS}")
     device = device or next(model.parameters()).device
     size = image_size or _model_image_size(model)
+    texts.embeddings = {prompt: emb.to(device) for prompt, emb in texts.embeddings.items()}  # moved once
+    texts.bank = texts.bank.to(device) if texts.bank is not None else None
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
         if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1)
     dataset = _Images(benchmark.images, range(rank, len(benchmark.images), world), size, norm)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class DescriptionBank:
 
     embeddings: torch.Tensor
     mask: torch.Tensor
+    _gram: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 3 or self.mask.shape != self.embeddings.shape[:2]:
@@ -45,7 +46,16 @@ class DescriptionBank:
         return self.embeddings.shape[0]
 
     def to(self, device) -> DescriptionBank:
+        if self.embeddings.device == torch.device(device):
+            return self
         return DescriptionBank(self.embeddings.to(device), self.mask.to(device))
+
+    def gram(self) -> torch.Tensor:
+        """``[T, K, K]`` each tag's description Gram matrix (computed once per bank)."""
+        if self._gram is None:
+            emb = self.embeddings.float()
+            self._gram = emb @ emb.transpose(1, 2)
+        return self._gram
 
     def ensemble(self) -> torch.Tensor:
         """``[T, D]``: normalize(mean of the tag's normalised descriptions)."""
@@ -118,7 +128,5 @@ def reweighted_cosines(query: torch.Tensor, bank: DescriptionBank,
     """``cos(q, e_c)`` ``[B, T]`` without building ``e``: ``sum_k w_k cos_k / sqrt(w^T G w)`` with ``G`` each tag's
     description Gram matrix, so memory stays ``O(B T K)``."""
     weights, cos = _weights(query, bank, scale)
-    emb = bank.embeddings.float()
-    gram = emb @ emb.transpose(1, 2)  # [T, K, K]
-    norm_sq = (torch.einsum("btk,tkl->btl", weights, gram) * weights).sum(dim=-1)
+    norm_sq = (torch.einsum("btk,tkl->btl", weights, bank.gram()) * weights).sum(dim=-1)
     return (weights * cos).sum(dim=-1) / norm_sq.clamp(min=1e-12).sqrt()
