@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .descriptions import DESCRIPTION_PROMPTS, classify_description, photo_prompt, write_descriptions
+from .descriptions import DESCRIPTION_PROMPTS, atomic_write_text, classify_description, photo_prompt, write_descriptions
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ def _seed(base: int, tag: str, prompt: int, attempt: int) -> int:
     return int(digest[:8], 16) % (2**31 - 1)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _describe_chunk(tags: Sequence[str], describer: Describer, settings: DescribeSettings) -> list[dict]:
     """Every answer for these tags: ``{"tag", "prompt", "attempt", "sample", "status", "text"}``."""
     rows: list[dict] = []
@@ -127,7 +121,7 @@ def _check_settings(folder: Path, settings: DescribeSettings, tags: Sequence[str
             raise RuntimeError(f"{folder} holds descriptions made with other settings or tags ({'; '.join(changed)}). "
                                f"Resuming would mix them: rerun with the earlier settings or use a new output folder.")
     else:
-        _atomic_write(saved_file, json.dumps(current, indent=2))
+        atomic_write_text(saved_file, json.dumps(current, indent=2))
 
 
 def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: Describer,
@@ -150,7 +144,7 @@ def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: De
         if part.exists():
             resumed += 1
         else:
-            _atomic_write(part, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+            atomic_write_text(part, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                         for r in _describe_chunk(chunk, describer, settings)))
             fresh += len(chunk)
             logger.info("described %d/%d tags (%d in this run, %.2f tags/s)", sum(map(len, chunks[: index + 1])),
@@ -171,7 +165,7 @@ def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: De
              "chunks_resumed": resumed, "output": str(path)}
     stats_dir = out_dir / "stats"
     stats_dir.mkdir(exist_ok=True)
-    _atomic_write(stats_dir / "describe.json", json.dumps(stats, indent=2))
+    atomic_write_text(stats_dir / "describe.json", json.dumps(stats, indent=2))
     logger.info("descriptions of %d tags in %s: %d answers kept (%d trimmed to a full sentence), %d off-topic, %d cut "
                 "off, %d empty; %d tags have no description", len(tags), path, stats["kept"] + stats["trimmed"],
                 stats["trimmed"], stats["off_topic"], stats["cut"], stats["empty"],

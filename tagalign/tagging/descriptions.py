@@ -13,7 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["DESCRIPTION_PROMPTS", "classify_description", "load_descriptions", "photo_prompt", "write_descriptions"]
+__all__ = ["DESCRIPTION_PROMPTS", "atomic_write_text", "classify_description", "load_descriptions", "photo_prompt",
+           "write_descriptions"]
 
 #: RAM++'s five prompts, worded as in its generation script; "a(n)" is kept literally (spec §1.1).
 DESCRIPTION_PROMPTS: tuple[str, ...] = (
@@ -95,12 +96,20 @@ def load_descriptions(path: str | os.PathLike) -> dict[str, list[str]]:
     return result
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, flush it to disk, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def write_descriptions(path: str | os.PathLike, descriptions: Mapping[str, Sequence[str]]) -> Path:
     """Write RAM++'s layout (``indent=3`` as its script does), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([{tag: list(texts)} for tag, texts in descriptions.items()], indent=3,
-                              ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps([{tag: list(texts)} for tag, texts in descriptions.items()], indent=3,
+                                       ensure_ascii=False))
     return path
