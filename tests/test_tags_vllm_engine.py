@@ -112,6 +112,25 @@ def test_real_engine_parses_records_failures_and_resumes(vllm_python, tiny_llama
     assert json.loads((tmp_path / "ok/stats/shard-00000.json").read_text())["chunks_resumed"] == 1
 
 
+# Put on the killed run's path: once part-000001.jsonl has been renamed into place, the process stops itself
+# (SIGSTOP) until the test kills it.
+STOP_AFTER_SECOND_PART = """
+import os
+import signal
+
+_replace = os.replace
+
+
+def _replace_then_stop(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    if os.path.basename(os.fspath(dst)) == "part-000001.jsonl":
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+os.replace = _replace_then_stop
+"""
+
+
 def _describe_rows(out):
     return [json.loads(line) for part in sorted((out / "descriptions").glob("part-*.jsonl"))
             for line in part.read_text().splitlines()]
@@ -127,17 +146,26 @@ def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_l
                str(tmp_path / "tags.txt"), "--model", str(tiny_llama), "--gpu-memory-utilization", "0.3",
                "--dtype", "float32", "--max-model-len", "2048", "--samples", "3", "--max-tokens", "24",
                "--chunk-size", "1"]
+    # The run stops itself right after its second part is in place (sitecustomize, below), so the kill lands at
+    # the same point on a fast or a slow machine; polling for the file raced the run's remaining ten chunks.
+    hook = tmp_path / "stop-after-second-part"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STOP_AFTER_SECOND_PART)
     # its own process group: the kill takes vLLM's engine processes too, as a scheduler's job kill does
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    second = out / "descriptions" / "part-000001.jsonl"
-    deadline = time.monotonic() + 600
-    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process = subprocess.Popen(command, env={**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, status = time.monotonic() + 600, 0
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(process.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.05)
+    stopped = pid != 0 and os.WIFSTOPPED(status)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert stopped, f"the describe run did not reach its second part (wait status {status})"
     before = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
-    assert 2 <= len(before) < len(tags), sorted(before)  # the kill interrupted the run
+    assert sorted(before) == ["part-000000.jsonl", "part-000001.jsonl"]  # the kill interrupted the run
     assert not (out / "tag_descriptions.json").exists()
 
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
