@@ -39,6 +39,8 @@ def _add_llm_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     parser.add_argument("--max-tokens", type=int, default=max_tokens, help="answer length limit")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="skip vLLM's graph compilation and capture: faster start, slower generation")
 
 
 def _add_parse_args(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +85,8 @@ def _parser(args: argparse.Namespace):
 
     generator = VLLMGenerator(args.model, tensor_parallel_size=args.tensor_parallel_size,
                               max_model_len=args.max_model_len, max_tokens=args.max_tokens,
-                              gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype)
+                              gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
+                              enforce_eager=args.enforce_eager)
     return LLMParser(generator, stop)
 
 
@@ -120,7 +123,7 @@ def run_describe(args: argparse.Namespace) -> dict:
                                 seed=args.seed, chunk_size=args.chunk_size)
     describer = VLLMDescriber(args.model, tensor_parallel_size=args.tensor_parallel_size,
                               max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                              dtype=args.dtype)
+                              dtype=args.dtype, enforce_eager=args.enforce_eager)
     return describe_tags(tags, args.out, describer, settings, args.output)
 
 
