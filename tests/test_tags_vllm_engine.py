@@ -158,7 +158,7 @@ def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_l
     # its own process group: the kill takes vLLM's engine processes too, as a scheduler's job kill does
     process = subprocess.Popen(command, env={**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, status = time.monotonic() + 600, 0
+    deadline, pid, status = time.monotonic() + 600, 0, 0
     while time.monotonic() < deadline:
         pid, status = os.waitpid(process.pid, os.WUNTRACED | os.WNOHANG)
         if pid:
