@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .descriptions import DESCRIPTION_PROMPTS, atomic_write_text, classify_description, photo_prompt, write_descriptions
+from ..atomic import atomic_write_text
+from .descriptions import DESCRIPTION_PROMPTS, classify_description, photo_prompt, write_descriptions
 
 logger = logging.getLogger(__name__)
 

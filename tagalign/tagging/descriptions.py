@@ -13,7 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["DESCRIPTION_PROMPTS", "atomic_write_text", "classify_description", "load_descriptions", "photo_prompt",
+from ..atomic import atomic_write_text
+
+__all__ = ["DESCRIPTION_PROMPTS", "classify_description", "load_descriptions", "photo_prompt",
            "write_descriptions"]
 
 #: RAM++'s five prompts, worded as in its generation script; "a(n)" is kept literally (spec §1.1).
@@ -94,16 +96,6 @@ def load_descriptions(path: str | os.PathLike) -> dict[str, list[str]]:
             raise ValueError(f"{path}: tag {tag!r} appears twice (elements {list(result).index(tag)} and {index})")
         result[tag] = texts
     return result
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, flush it to disk, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_descriptions(path: str | os.PathLike, descriptions: Mapping[str, Sequence[str]]) -> Path:

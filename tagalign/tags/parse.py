@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from .parsers import ParseResult, TagParser
 from .sources import CaptionRecord, SourceReport, expand_inputs, iter_records
 
@@ -62,15 +63,6 @@ def _chunks(records: Iterator[CaptionRecord], size: int) -> Iterator[list[Captio
             chunk = []
     if chunk:
         yield chunk
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _keys_digest(keys: Sequence[str]) -> str:
@@ -175,7 +167,7 @@ def parse_captions(
     _check_settings(parsed_dir, settings)
     settings_file = parsed_dir / f"settings-{shard_id:05d}.json"
     if not settings_file.exists():
-        _atomic_write(settings_file, json.dumps(settings))
+        atomic_write_text(settings_file, json.dumps(settings))
     index = -1
     for index, chunk in enumerate(_chunks(_shard_records(files, num_shards, shard_id, report), chunk_size)):
         part = parsed_dir / f"part-{shard_id:05d}-{index:06d}.jsonl"
@@ -187,8 +179,8 @@ def parse_captions(
             continue
         rows, stats = _tag_chunk(chunk, parser, max_chars)
         stats = {**stats, "keys_sha256": _keys_digest(keys)}
-        _atomic_write(sidecar, json.dumps(dict(stats)))
-        _atomic_write(part, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        atomic_write_text(sidecar, json.dumps(dict(stats)))
+        atomic_write_text(part, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         totals.update({k: v for k, v in stats.items() if isinstance(v, int)})
         now = time.monotonic()
         if progress and (now - last_log > 10 or index == 0):
@@ -214,7 +206,7 @@ def parse_captions(
         "bad_files": report.bad_files,
         "chunks_resumed": resumed,
     }
-    _atomic_write(stats_dir / f"shard-{shard_id:05d}.json", json.dumps(summary, indent=2))
+    atomic_write_text(stats_dir / f"shard-{shard_id:05d}.json", json.dumps(summary, indent=2))
     logger.info("shard %d/%d done: %d captions (%d ok, %d failed); %d bad input files; %d chunks were already done",
                 shard_id, num_shards, summary["captions"], summary["ok"], summary["failed"], len(report.bad_files),
                 resumed)

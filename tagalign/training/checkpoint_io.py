@@ -23,6 +23,8 @@ import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from ..atomic import atomic_write_bytes
+
 __all__ = ["AtomicLocalBackend", "atomic_write_bytes", "latest_checkpoint", "load_local_training_checkpoint",
            "readable_checkpoint"]
 
@@ -33,21 +35,6 @@ def load_local_training_checkpoint(filename: str, map_location=None):
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"checkpoint {filename} does not exist")
     return torch.load(filename, map_location=map_location, weights_only=False)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file renamed over it (same directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[str | None, str]:
