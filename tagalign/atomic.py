@@ -1,32 +1,45 @@
 """Atomic file writes: a file is complete or absent, even when the job is killed mid-write.
 
-The data goes to a temporary name beside the target, is synced to disk, then renamed over the target (``os.replace``
-is atomic within a file system). Standard library only, so the tag pipeline can use it in the vLLM environment.
+The data goes to a temporary name beside the target (same file system, same extension, so writers that infer the
+format from it still work), is synced to disk, then renamed over the target (``os.replace`` is atomic within a file
+system). Standard library only, so the tag pipeline can use it in the vLLM environment.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file renamed over it (parents are created)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; synced and renamed over ``path`` when the block ends, removed if
+    it raises. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    """Write ``text`` to ``path`` as UTF-8, atomically (:func:`atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"))

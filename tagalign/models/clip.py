@@ -25,6 +25,8 @@ import open_clip
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -257,13 +259,6 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("TAGALIGN_CACHE", Path.home() / ".cache" / "tagalign")) / "text_embeddings"
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def encode_texts(
     model: nn.Module,
@@ -322,5 +317,6 @@ def encode_texts(
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
     embeddings = embeddings.mean(dim=1)
     if cache_file is not None:
-        _atomic_torch_save(embeddings, cache_file)
+        with atomic_path(cache_file) as tmp:
+            torch.save(embeddings, tmp)
     return embeddings

@@ -16,12 +16,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_path
 from .clip import ClipIdentity, clip_identity
 from .dense import POS_INTERPOLATIONS, surgery_patch_tokens, surgery_tokens, validate_surgery_depth
 from .encoders import ENCODERS, global_token
@@ -396,11 +396,8 @@ def save_checkpoint(model: TagAlign, path: str | os.PathLike, extra: dict | None
         "tag_vocab_hash": model.tag_vocab_hash,
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

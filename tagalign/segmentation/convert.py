@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["COCO_THING_IDS", "coco_object_labels", "convert_coco_object"]
@@ -59,9 +61,8 @@ def convert_coco_object(ann_dir: str | os.PathLike, source: str = "trainids", ov
         if target.exists() and not overwrite:
             continue
         label = np.array(Image.open(path))
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        Image.fromarray(coco_object_labels(label, source)).save(tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            Image.fromarray(coco_object_labels(label, source)).save(tmp)
         written += 1
     logger.info("wrote %d COCO-Object label maps (%d already present)", written, len(inputs) - written)
     return written

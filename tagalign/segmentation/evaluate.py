@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
+from ..atomic import atomic_write_text
 from ..models.templates import TEMPLATE_SETS
 from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
 from .benchmarks import (
@@ -303,8 +304,4 @@ def comparison_table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def write_json(results: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=2))

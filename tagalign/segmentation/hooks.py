@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from PIL import Image
+
+from ..atomic import atomic_path
 
 __all__ = ["SavePredictionsHook"]
 
@@ -31,7 +32,5 @@ class SavePredictionsHook(Hook):
             stem = Path(sample.img_path).name
             for suffix in (".jpg", ".png", ".JPEG", ".jpeg"):
                 stem = stem.removesuffix(suffix)
-            target = self.out_dir / f"{stem}.png"
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.png")
-            Image.fromarray(labels).save(tmp)
-            os.replace(tmp, target)
+            with atomic_path(self.out_dir / f"{stem}.png") as tmp:
+                Image.fromarray(labels).save(tmp)

@@ -8,9 +8,9 @@ tag's LLM descriptions (``tools/parse_tags.py describe``), each L2-normalised, a
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .vocab import TagVocab
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,8 @@ def embed_vocab(out_dir: str | Path, clip: str = "ViT-B-16", pretrained: str | N
         payload.update(_description_payload(model, vocab.tags, descriptions))
     payload["embeddings"] = payload.get("template_embeddings", payload.get("ensemble_embeddings"))
     target = out_dir / "tag_embeddings.pt"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        torch.save(payload, tmp)
     return target
 
 

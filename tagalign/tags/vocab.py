@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .normalize import normalize_tag
 
 __all__ = ["KINDS", "TagVocab", "count_tags", "iter_parsed", "read_tag_list"]
@@ -86,13 +86,10 @@ class TagVocab:
         return hashlib.sha256("\n".join(f"{t}\t{k}" for t, k in zip(self.tags, self.kinds)).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["tag", "kind", "count"])
             writer.writerows(zip(self.tags, self.kinds, self.counts))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> TagVocab:
