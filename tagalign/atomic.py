@@ -12,7 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_leftover_temporaries"]
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike, name_pattern: str = "*") -> int:
+    """Delete the temporaries that killed writers left in ``folder`` for targets matching ``name_pattern`` (a glob);
+    returns how many. Call it only while no other process writes those targets."""
+    leftovers = list(Path(folder).glob(f".{name_pattern}.*.tmp*"))  # the names atomic_path gives
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -210,6 +211,34 @@ def test_parse_resume_refuses_a_changed_input(captions, tmp_path):
     captions.write_text("".join(lines[:150] + lines[151:]))  # one caption removed in the middle
     with pytest.raises(ResumeMismatchError, match=r"part-00000-000001.jsonl does not match the input"):
         _parse(captions, tmp_path / "out", chunk_size=100)
+
+
+def _killed_mid_write(target: Path, data: bytes) -> None:
+    """A child process starts an atomic write of ``target`` and is SIGKILLed inside it (no cleanup can run)."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        from tagalign.atomic import atomic_path
+
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(0)  # never reached
+    assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
+
+
+@pytest.mark.nltk
+def test_writes_killed_mid_way_leave_neither_a_part_nor_a_leftover(captions, tmp_path):
+    _parse(captions, tmp_path / "reference", chunk_size=100)
+    reference = {p.name: p.read_bytes() for p in (tmp_path / "reference/parsed").iterdir()}
+    parsed = tmp_path / "out/parsed"
+    _killed_mid_write(parsed / "part-00000-000000.jsonl", b'{"key": "k0000", "cap')
+    _killed_mid_write(parsed / "part-00001-000000.jsonl", b"another shard's")  # not this shard's to remove
+    assert not list(parsed.glob("part-*")) and len(list(parsed.iterdir())) == 2  # the two killed temporaries
+    summary = _parse(captions, tmp_path / "out", chunk_size=100)
+    after = {p.name: p.read_bytes() for p in parsed.iterdir()}
+    assert summary["chunks_resumed"] == 0 and summary["captions"] == 300
+    others = [name for name in after if name.startswith(".part-00001-")]
+    assert len(others) == 1 and {k: v for k, v in after.items() if k not in others} == reference
 
 
 # ---------------------------------------------------------------------------------------------- 5: merge

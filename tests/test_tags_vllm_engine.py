@@ -116,22 +116,22 @@ def test_real_engine_parses_records_failures_and_resumes(vllm_python, tiny_llama
     assert json.loads((tmp_path / "ok/stats/shard-00000.json").read_text())["chunks_resumed"] == 1
 
 
-# Put on the killed run's path: once part-000001.jsonl has been renamed into place, the process stops itself
-# (SIGSTOP) until the test kills it.
-STOP_AFTER_SECOND_PART = """
+# Put on the killed run's path: with part-000002.jsonl written to its temporary file but not yet renamed into place,
+# the process stops itself (SIGSTOP) until the test kills it.
+STOP_WRITING_THIRD_PART = """
 import os
 import signal
 
 _replace = os.replace
 
 
-def _replace_then_stop(src, dst, *args, **kwargs):
-    _replace(src, dst, *args, **kwargs)
-    if os.path.basename(os.fspath(dst)) == "part-000001.jsonl":
+def _stop_then_replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == "part-000002.jsonl":
         os.kill(os.getpid(), signal.SIGSTOP)
+    _replace(src, dst, *args, **kwargs)
 
 
-os.replace = _replace_then_stop
+os.replace = _stop_then_replace
 """
 
 
@@ -141,7 +141,7 @@ def _describe_rows(out):
 
 
 def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_llama, tmp_path):
-    """RAM++'s describe stage on the real engine: killed after its second chunk, rerun, nothing lost or repeated."""
+    """RAM++'s describe stage on the real engine: killed writing its third chunk, rerun, nothing lost or repeated."""
     tags = ["cat", "red sofa", "dog", "green grass", "wooden table", "wine", "glass", "car", "tree", "kid", "beach",
             "napkin"]
     (tmp_path / "tags.txt").write_text("\n".join(tags))
@@ -150,11 +150,11 @@ def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_l
                str(tmp_path / "tags.txt"), "--model", str(tiny_llama), "--gpu-memory-utilization", "0.3",
                "--dtype", "float32", "--max-model-len", "2048", "--samples", "3", "--max-tokens", "24",
                "--chunk-size", "1", "--enforce-eager"]
-    # The run stops itself right after its second part is in place (sitecustomize, below), so the kill lands at
-    # the same point on a fast or a slow machine; polling for the file raced the run's remaining ten chunks.
-    hook = tmp_path / "stop-after-second-part"
+    # The run stops itself mid-way through writing its third part (sitecustomize, above), so the kill lands at the
+    # same point on a fast or a slow machine; polling for the file raced the run's remaining ten chunks.
+    hook = tmp_path / "stop-writing-third-part"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(STOP_AFTER_SECOND_PART)
+    (hook / "sitecustomize.py").write_text(STOP_WRITING_THIRD_PART)
     # its own process group: the kill takes vLLM's engine processes too, as a scheduler's job kill does
     process = subprocess.Popen(command, env={**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -167,15 +167,17 @@ def test_real_engine_describes_tags_and_a_killed_run_resumes(vllm_python, tiny_l
     stopped = pid != 0 and os.WIFSTOPPED(status)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert stopped, f"the describe run did not reach its second part (wait status {status})"
+    assert stopped, f"the describe run did not reach its third part (wait status {status})"
     before = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
-    assert sorted(before) == ["part-000000.jsonl", "part-000001.jsonl"]  # the kill interrupted the run
+    assert sorted(before) == ["part-000000.jsonl", "part-000001.jsonl"]  # the kill interrupted the run ...
+    assert [p.name.split(".")[1] for p in (out / "descriptions").glob(".part-*")] == ["part-000002"]  # mid-write
     assert not (out / "tag_descriptions.json").exists()
 
     result = subprocess.run(command, capture_output=True, text=True, env=IN_PROCESS_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     after = {p.name: p.read_text() for p in (out / "descriptions").glob("part-*.jsonl")}
     assert len(after) == len(tags) and all(after[name] == text for name, text in before.items())
+    assert not list((out / "descriptions").glob(".*"))  # the killed write's temporary file is gone
 
     rows = _describe_rows(out)
     ids = [(r["tag"], r["prompt"], r["attempt"], r["sample"]) for r in rows]

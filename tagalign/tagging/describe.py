@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, remove_leftover_temporaries
 from .descriptions import DESCRIPTION_PROMPTS, classify_description, photo_prompt, write_descriptions
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def describe_tags(tags: Sequence[str], out_dir: str | os.PathLike, describer: De
     out_dir = Path(out_dir)
     folder = out_dir / "descriptions"
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".part-*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_leftover_temporaries(folder)  # left by a killed run
     _check_settings(folder, settings, tags)
     chunks = [tags[i : i + settings.chunk_size] for i in range(0, len(tags), settings.chunk_size)]
     start, resumed, fresh = time.monotonic(), 0, 0

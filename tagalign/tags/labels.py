@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 __all__ = ["LabelStore", "write_labels"]
 
 
@@ -22,37 +24,35 @@ def write_labels(path: str | Path, rows: Iterable[tuple[str, Sequence[int]]], nu
                  vocab_hash: str, batch: int = 50_000) -> dict:
     """Write ``(key, tag_ids)`` rows atomically; a repeated key keeps its first row. Returns counts."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    connection = sqlite3.connect(tmp)
-    connection.execute("PRAGMA journal_mode=OFF")
-    connection.execute("PRAGMA synchronous=OFF")
-    connection.execute("CREATE TABLE labels (key TEXT PRIMARY KEY, tag_ids BLOB NOT NULL)")
-    connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
     frequency = np.zeros(num_tags, dtype=np.int64)
-    pending: list[tuple[str, bytes]] = []
-    seen = 0
+    with atomic_path(path) as tmp:
+        connection = sqlite3.connect(tmp)
+        connection.execute("PRAGMA journal_mode=OFF")
+        connection.execute("PRAGMA synchronous=OFF")
+        connection.execute("CREATE TABLE labels (key TEXT PRIMARY KEY, tag_ids BLOB NOT NULL)")
+        connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+        pending: list[tuple[str, bytes]] = []
+        seen = 0
 
-    def flush() -> None:
-        connection.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?)", pending)
-        pending.clear()
+        def flush() -> None:
+            connection.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?)", pending)
+            pending.clear()
 
-    for key, ids in rows:
-        seen += 1
-        pending.append((key, np.asarray(ids, dtype="<i4").tobytes()))
-        if len(pending) >= batch:
-            flush()
-    flush()
-    stored = connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
-    for (blob,) in connection.execute("SELECT tag_ids FROM labels"):
-        frequency[np.frombuffer(blob, dtype="<i4")] += 1
-    meta = {"num_tags": num_tags, "vocab_hash": vocab_hash, "num_samples": stored}
-    connection.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
-    connection.commit()
-    connection.close()
-    os.replace(tmp, path)
-    prior = frequency / max(stored, 1)
-    np.save(path.with_name("tag_frequency.npy"), prior)
+        for key, ids in rows:
+            seen += 1
+            pending.append((key, np.asarray(ids, dtype="<i4").tobytes()))
+            if len(pending) >= batch:
+                flush()
+        flush()
+        stored = connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        for (blob,) in connection.execute("SELECT tag_ids FROM labels"):
+            frequency[np.frombuffer(blob, dtype="<i4")] += 1
+        meta = {"num_tags": num_tags, "vocab_hash": vocab_hash, "num_samples": stored}
+        connection.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+        connection.commit()
+        connection.close()
+    with atomic_path(path.with_name("tag_frequency.npy")) as tmp:
+        np.save(tmp, frequency / max(stored, 1))
     return {"samples": stored, "duplicate_keys": seen - stored}
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, remove_leftover_temporaries
 from .parsers import ParseResult, TagParser
 from .sources import CaptionRecord, SourceReport, expand_inputs, iter_records
 
@@ -155,8 +155,7 @@ def parse_captions(
     parsed_dir, stats_dir = out_dir / "parsed", out_dir / "stats"
     parsed_dir.mkdir(parents=True, exist_ok=True)
     stats_dir.mkdir(parents=True, exist_ok=True)
-    for stale in parsed_dir.glob(f".part-{shard_id:05d}-*.tmp"):  # left by a killed run of this shard
-        stale.unlink(missing_ok=True)
+    remove_leftover_temporaries(parsed_dir, f"part-{shard_id:05d}-*")  # left by a killed run of this shard
     files = expand_inputs(inputs)
     report = SourceReport()
     totals: Counter = Counter()
