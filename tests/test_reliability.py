@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from img2dataset_layout import small_tensor
+from killed_writer import kill_mid_write
 from PIL import Image
 
 from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset, collate_tag_batch
@@ -213,26 +213,13 @@ def test_parse_resume_refuses_a_changed_input(captions, tmp_path):
         _parse(captions, tmp_path / "out", chunk_size=100)
 
 
-def _killed_mid_write(target: Path, data: bytes) -> None:
-    """A child process starts an atomic write of ``target`` and is SIGKILLed inside it (no cleanup can run)."""
-    pid = os.fork()
-    if pid == 0:  # the child
-        from tagalign.atomic import atomic_path
-
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(0)  # never reached
-    assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
-
-
 @pytest.mark.nltk
 def test_writes_killed_mid_way_leave_neither_a_part_nor_a_leftover(captions, tmp_path):
     _parse(captions, tmp_path / "reference", chunk_size=100)
     reference = {p.name: p.read_bytes() for p in (tmp_path / "reference/parsed").iterdir()}
     parsed = tmp_path / "out/parsed"
-    _killed_mid_write(parsed / "part-00000-000000.jsonl", b'{"key": "k0000", "cap')
-    _killed_mid_write(parsed / "part-00001-000000.jsonl", b"another shard's")  # not this shard's to remove
+    kill_mid_write(parsed / "part-00000-000000.jsonl", b'{"key": "k0000", "cap')
+    kill_mid_write(parsed / "part-00001-000000.jsonl", b"another shard's")  # not this shard's to remove
     assert not list(parsed.glob("part-*")) and len(list(parsed.iterdir())) == 2  # the two killed temporaries
     summary = _parse(captions, tmp_path / "out", chunk_size=100)
     after = {p.name: p.read_bytes() for p in parsed.iterdir()}

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, remove_leftover_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def coco_object_labels(label: np.ndarray, source: str = "trainids") -> np.ndarra
 
 
 def _is_source(path: Path, source: str) -> bool:
+    if path.name.startswith("."):  # hidden: not a COCO label map
+        return False
     if source == "trainids":
         return path.name.endswith(SOURCE_SUFFIX["trainids"])
     return not path.name.endswith((SOURCE_SUFFIX["trainids"], OBJECT_SUFFIX))
@@ -52,6 +54,7 @@ def convert_coco_object(ann_dir: str | os.PathLike, source: str = "trainids", ov
     ``source="raw"`` reads the raw ``stuffthingmaps`` PNGs. Existing outputs are skipped (resumable).
     """
     ann_dir = Path(ann_dir)
+    remove_leftover_temporaries(ann_dir, f"*{OBJECT_SUFFIX}")  # left by a killed conversion
     inputs = sorted(p for p in ann_dir.glob(f"*{SOURCE_SUFFIX[source]}") if _is_source(p, source))
     if not inputs:
         raise FileNotFoundError(f"no COCO-Stuff label maps (*{SOURCE_SUFFIX[source]}) in {ann_dir}")
