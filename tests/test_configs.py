@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tagalign.models.pretrain import PretrainConfig
-from tagalign.quickstart import build_shapes_world
+from plumbing_world import build_plumbing_world
 
 ROOT = Path(__file__).resolve().parents[1]
-#: A world for plumbing tests: its tiny CLIP need not be good, so it is pretrained for two steps.
-QUICK_PRETRAIN = PretrainConfig(steps=2, batch_size=8)
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.py") if "_base_" not in p.parts)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    world = build_shapes_world(root, num_train=64, num_eval=2, pretrain=QUICK_PRETRAIN)
+    world = build_plumbing_world(root, num_train=64)
     # descriptions for the tag-description ablations (hand-written here; tools/parse_tags.py describe in real use)
     from tagalign.tagging.descriptions import photo_prompt, write_descriptions
     from tagalign.tags.embed import embed_vocab

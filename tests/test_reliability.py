@@ -20,15 +20,13 @@ import torch
 from img2dataset_layout import small_tensor
 from killed_writer import kill_mid_write
 from PIL import Image
+from plumbing_world import build_plumbing_world
 
 from tagalign.data.shards import NoTrainingSamplesError, TagShardDataset, collate_tag_batch
 from tagalign.data.synthetic import render_scene, write_img2dataset_shards
-from tagalign.models.pretrain import PretrainConfig
 from tagalign.tags.labels import LabelStore, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-#: A world for plumbing tests: its tiny CLIP need not be good, so it is pretrained for two steps.
-QUICK_PRETRAIN = PretrainConfig(steps=2, batch_size=8)
 
 
 
@@ -381,10 +379,8 @@ def test_data_root_may_be_the_dataset_root_itself(voc, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 9: resume layout
 def test_resume_with_another_worker_count_is_refused(tmp_path):
-    from tagalign.quickstart import build_shapes_world
-
     world = tmp_path / "world"
-    build_shapes_world(world, num_train=48, num_eval=2, pretrain=QUICK_PRETRAIN)
+    build_plumbing_world(world, num_train=48)
 
     def command(iters, workers):
         options = {"model.pretrained": world / "tiny_clip", "model.tag_embeddings": world / "tags/tag_embeddings.pt",
@@ -404,10 +400,8 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
 
 def test_resume_with_another_encoder_is_refused(tmp_path):
     """The projector of a checkpoint read one encoder's tokens; resuming under another encoder is refused."""
-    from tagalign.quickstart import build_shapes_world
-
     world = tmp_path / "world"
-    build_shapes_world(world, num_train=16, num_eval=2, pretrain=QUICK_PRETRAIN)
+    build_plumbing_world(world, num_train=16)
 
     def command(iters, encoder):
         options = {"model.pretrained": world / "tiny_clip", "model.tag_embeddings": world / "tags/tag_embeddings.pt",

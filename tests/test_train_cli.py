@@ -13,19 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tagalign.models.pretrain import PretrainConfig
-from tagalign.quickstart import build_shapes_world
+from plumbing_world import build_plumbing_world
 
 ROOT = Path(__file__).resolve().parents[1]
-#: A world for plumbing tests: its tiny CLIP need not be good, so it is pretrained for two steps.
-QUICK_PRETRAIN = PretrainConfig(steps=2, batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    build_shapes_world(root, num_train=200, num_eval=2, pretrain=QUICK_PRETRAIN)
+    build_plumbing_world(root, num_train=200)
     return root
 
 
