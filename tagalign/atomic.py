@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    tmp.unlink(missing_ok=True)  # a killed writer's, if it had this process id: start from an empty file
     try:
         yield tmp
         descriptor = os.open(tmp, os.O_RDONLY)

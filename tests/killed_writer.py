@@ -7,8 +7,9 @@ import signal
 from pathlib import Path
 
 
-def kill_mid_write(target: Path, data: bytes) -> None:
-    """A child process starts an atomic write of ``target`` and is SIGKILLed inside it (no cleanup can run)."""
+def kill_mid_write(target: Path, data: bytes) -> int:
+    """A child process starts an atomic write of ``target`` and is SIGKILLed inside it (no cleanup can run).
+    Returns the child's process id."""
     pid = os.fork()
     if pid == 0:  # the child
         from tagalign.atomic import atomic_path
@@ -18,3 +19,4 @@ def kill_mid_write(target: Path, data: bytes) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         os._exit(0)  # never reached
     assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
+    return pid

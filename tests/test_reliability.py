@@ -226,6 +226,16 @@ def test_writes_killed_mid_way_leave_neither_a_part_nor_a_leftover(captions, tmp
     assert len(others) == 1 and {k: v for k, v in after.items() if k not in others} == reference
 
 
+def test_a_killed_writers_leftover_under_a_reused_process_id_is_overwritten(tmp_path, monkeypatch):
+    """Containers reuse small process ids: a new writer may get the temporary name a killed one left behind."""
+    write_labels(tmp_path / "old.sqlite", [("old", [0])], 1, "v")  # a complete database, tables and all
+    pid = kill_mid_write(tmp_path / "labels.sqlite", (tmp_path / "old.sqlite").read_bytes())
+    monkeypatch.setattr(os, "getpid", lambda: pid)
+    assert write_labels(tmp_path / "labels.sqlite", [("new", [1, 2])], 3, "v2")["samples"] == 1
+    store = LabelStore(tmp_path / "labels.sqlite")
+    assert store.get("new") == [1, 2] and store.get("old") is None
+
+
 # ---------------------------------------------------------------------------------------------- 5: merge
 @pytest.mark.nltk
 def test_merge_refuses_unfinished_shards(captions, tmp_path):
