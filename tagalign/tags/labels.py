@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,7 @@ def write_labels(path: str | Path, rows: Iterable[tuple[str, Sequence[int]]], nu
     """Write ``(key, tag_ids)`` rows atomically; a repeated key keeps its first row. Returns counts."""
     path = Path(path)
     frequency = np.zeros(num_tags, dtype=np.int64)
-    with atomic_path(path) as tmp:
-        connection = sqlite3.connect(tmp)
+    with atomic_path(path) as tmp, closing(sqlite3.connect(tmp)) as connection:  # closed before the rename
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         connection.execute("CREATE TABLE labels (key TEXT PRIMARY KEY, tag_ids BLOB NOT NULL)")
@@ -50,7 +50,6 @@ def write_labels(path: str | Path, rows: Iterable[tuple[str, Sequence[int]]], nu
         meta = {"num_tags": num_tags, "vocab_hash": vocab_hash, "num_samples": stored}
         connection.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
         connection.commit()
-        connection.close()
     with atomic_path(path.with_name("tag_frequency.npy")) as tmp:
         np.save(tmp, frequency / max(stored, 1))
     return {"samples": stored, "duplicate_keys": seen - stored}
