@@ -47,7 +47,7 @@ def main() -> None:
     plain = open_clip.create_model(args.model, force_image_size=args.size, device=args.device).eval()
     state = model.state_dict()
     grid = args.size // model.visual.conv1.stride[0]
-    from tagalign.models.dense import interpolate_pos_embed
+    from tagalign.models.encoders import interpolate_pos_embed
 
     state["visual.positional_embedding"] = interpolate_pos_embed(
         state["visual.positional_embedding"], (grid, grid), tuple(model.visual.grid_size)

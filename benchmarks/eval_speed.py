@@ -27,7 +27,7 @@ from _machine import machine_line
 
 from tagalign.data.transforms import resize_short_side, to_tensor
 from tagalign.models import TagAlign, load_clip
-from tagalign.models.dense import interpolate_pos_embed
+from tagalign.models.encoders import interpolate_pos_embed
 from tagalign.segmentation import InferenceConfig, predict_probabilities, window_grid
 
 

@@ -43,7 +43,7 @@ def _peak_mb(device: str) -> float:
 def reweighting(args) -> dict:
     import torch.nn.functional as F
 
-    from tagalign.tagging.text import DescriptionBank, reweighted_cosines, reweighted_embeddings
+    from tagalign.models.text import DescriptionBank, reweighted_cosines, reweighted_embeddings
 
     generator = torch.Generator().manual_seed(0)
     bank = DescriptionBank(F.normalize(torch.randn(args.tags, args.descriptions, 512, generator=generator), dim=-1),

@@ -13,7 +13,7 @@ import torch
 from _machine import machine_line
 
 from tagalign.models import TagAlign, get_tokenizer, load_clip
-from tagalign.models.dense import surgery_tokens
+from tagalign.models.encoders import surgery_tokens
 
 
 class NaiveTagAlign(TagAlign):

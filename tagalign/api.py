@@ -1,59 +1,9 @@
-"""High-level entry points for users of the library."""
+"""High-level entry points for users of the library: ``tagalign.load`` (and, in :mod:`tagalign.inference`,
+``segment`` and ``tag``)."""
 
 from __future__ import annotations
 
-import logging
-import os
+from .models.build import DEFAULT_CLIP, DEFAULT_PRETRAINED
+from .models.build import load_model as load
 
-import torch
-
-from .models.clip import load_clip
-from .models.tagalign import TagAlign, load_checkpoint, read_checkpoint
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_CLIP = "ViT-B-16"
-DEFAULT_PRETRAINED = "openai"
-
-
-def load(
-    checkpoint: str | os.PathLike | None = None,
-    clip: str | None = None,
-    pretrained: str | None = None,
-    device: str | torch.device = "cpu",
-    encoder: str | None = None,
-    encoder_options: dict | None = None,
-) -> TagAlign:
-    """A TagAlign model in eval mode.
-
-    With a checkpoint, the CLIP it was trained on is taken from the checkpoint unless ``clip``/``pretrained`` are
-    given (a local weights file, for instance); the CLIP weights hash is checked. Without a checkpoint the projector
-    is untrained, i.e. the encoder's training-free baseline (CLIP surgery by default). With neither ``clip`` nor a
-    checkpoint, the reference's OpenAI ViT-B/16 is loaded. ``encoder`` names the dense encoder (default: the
-    checkpoint's, else ``surgery``); a checkpoint trained on another encoder is refused.
-    """
-    config: dict = {}
-    quick_gelu = None
-    if checkpoint is not None:
-        payload = read_checkpoint(checkpoint)
-        config = payload["config"]
-        clip = clip or payload["clip"]["model_name"]
-        pretrained = pretrained if pretrained is not None else payload["clip"]["pretrained"]
-        if payload["clip"].get("activation") == "quick_gelu":
-            quick_gelu = True  # the checkpoint's CLIP used QuickGELU: any weights file for it gets QuickGELU too
-    elif clip is None:
-        clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
-    if pretrained is None:
-        logger.warning("CLIP '%s' gets random weights (no --pretrained given)", clip)
-    model = TagAlign(
-        load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu),
-        surgery_layers=config.get("surgery_layers", 6),
-        pos_interpolation=config.get("pos_interpolation", "bicubic"),
-        projector=config.get("projector"),
-        encoder=encoder or config.get("encoder", "surgery"),
-        encoder_options=encoder_options if encoder_options is not None else config.get("encoder_options"),
-        tag_reweight=config.get("tag_reweight", False),  # its learned re-weighting temperature is in the checkpoint
-    ).to(device)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model.eval()
+__all__ = ["DEFAULT_CLIP", "DEFAULT_PRETRAINED", "load"]

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .data.transforms import load_image, resize_probs, resize_short_side, to_tensor
 from .models.clip import DEFAULT_TEMPLATES, encode_texts
+from .models.text import RAM_REWEIGHT_SCALE, class_text_embeddings, encode_descriptions, reweighted_cosines
 from .segmentation.inference import InferenceConfig, predict_probabilities
-from .tagging.text import RAM_REWEIGHT_SCALE, class_text_embeddings, encode_descriptions, reweighted_cosines
 
 __all__ = ["SegmentationResult", "parse_texts", "segment", "tag"]
 
@@ -126,7 +126,7 @@ def _description_bank(model, names: list[str], vocab, descriptions):
     if descriptions is not None:
         return encode_descriptions(model.clip, names, descriptions)[0]
     if isinstance(vocab, str | os.PathLike):
-        from .tagging.text import DescriptionBank
+        from .models.text import DescriptionBank
         from .tags.embed import load_tag_embeddings
 
         payload = load_tag_embeddings(vocab)
@@ -151,7 +151,7 @@ def tag(model, image, top_k: int = 20, vocab=None, size: int = 224, descriptions
     if prompts not in ("template", "descriptions", "reweighted"):
         raise ValueError(f"prompts must be template, descriptions or reweighted; got {prompts!r}")
     if descriptions is not None and not isinstance(descriptions, dict):
-        from .tagging.descriptions import load_descriptions
+        from .models.description_file import load_descriptions
 
         descriptions = load_descriptions(descriptions)
     if vocab is None and descriptions is not None:

@@ -138,7 +138,7 @@ def test_demo_without_texts_is_an_error(trained):
 def test_descriptions_replace_the_templates_in_segment_and_the_demo(trained, tmp_path):
     """A description file's texts prompt the names it describes: "red" described as "a photo of a blue." segments
     exactly as "blue" does; the demo's tags come from the file's tags, re-weighted per image."""
-    from tagalign.tagging.descriptions import write_descriptions
+    from tagalign.models.description_file import write_descriptions
 
     root, model = trained
     described = tagalign.segment(model, root / "scene.jpg", ["red", "green"], short_side=224,

@@ -21,7 +21,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     world = build_plumbing_world(root, num_train=64)
     # descriptions for the tag-description ablations (hand-written here; tools/parse_tags.py describe in real use)
-    from tagalign.tagging.descriptions import photo_prompt, write_descriptions
+    from tagalign.models.description_file import photo_prompt, write_descriptions
     from tagalign.tags.embed import embed_vocab
     from tagalign.tags.vocab import TagVocab
 

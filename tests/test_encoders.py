@@ -126,3 +126,35 @@ def test_encoders_differ_and_options_change_them(tiny_clip):
     assert not torch.allclose(dense_features(tiny_clip, image, "naclip", sigma=1.0), outputs["naclip"])
     with pytest.raises(ValueError, match="unknown encoder 'segclip'"):
         dense_features(tiny_clip, image, "segclip")
+
+
+def test_a_new_encoder_is_one_module_and_one_registry_entry(tiny_clip, monkeypatch, capsys):
+    """tests/toy_encoder.py plus one registry entry: dense_features, TagAlign and tools/test.py's --encoder see it."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from toy_encoder import embedding_only
+
+    from tagalign.models import TagAlign
+
+    monkeypatch.setitem(ENCODERS, "embedding_only", embedding_only)
+    visual = tiny_clip.visual
+    images = torch.randn(2, 3, 32, 48)
+    features = dense_features(tiny_clip, images, encoder="embedding_only")
+    # independent statement: conv patches + positional rows (same grid, no resize) -> ln_pre -> ln_post -> proj
+    patches = F.conv2d(images, visual.conv1.weight, stride=visual.conv1.stride).flatten(2).transpose(1, 2)
+    h, w = 2, 3
+    source = visual.grid_size
+    pos = visual.positional_embedding[1:].reshape(1, *source, -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(h * w, -1)
+    tokens = _layer_norm(patches + pos, visual.ln_pre)
+    expected = _layer_norm(tokens, visual.ln_post) @ visual.proj
+    assert torch.allclose(features, expected.transpose(1, 2).reshape(2, -1, h, w), atol=1e-5)
+    assert TagAlign(tiny_clip, encoder="embedding_only").encode_patches(images).shape == (2, visual.conv1.out_channels,
+                                                                                          h, w)
+
+    monkeypatch.setattr(sys, "argv", ["test.py", "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "test.py"), run_name="__main__")
+    assert "embedding_only" in capsys.readouterr().out

@@ -16,8 +16,8 @@ from PIL import Image
 
 import tagalign
 from tagalign.data.synthetic import render_referring_scene, write_refer_dataset
+from tagalign.errors import MissingDatasetError
 from tagalign.models import TagAlign, load_clip, save_checkpoint
-from tagalign.segmentation.benchmarks import MissingDatasetError
 from tagalign.segmentation.referring import binarize, load_referring, referring_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

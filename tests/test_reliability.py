@@ -353,7 +353,7 @@ def test_ground_truth_that_does_not_fit_its_image_is_refused(voc, tmp_path, dama
 
 
 def test_empty_split_and_missing_datasets_stop_before_starting(voc, tmp_path):
-    from tagalign.segmentation.benchmarks import MissingDatasetError
+    from tagalign.errors import MissingDatasetError
 
     data_root, root, _ = voc
     with pytest.raises(MissingDatasetError, match=r"(?s)2 of 3 datasets are missing.*'context'.*'ade20k'"):

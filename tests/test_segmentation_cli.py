@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from seg_layouts import COCO_OBJECT_SUFFIX, LAYOUTS, write_layout
 
+from tagalign.errors import MissingDatasetError
 from tagalign.models import ENCODERS
-from tagalign.segmentation.benchmarks import BENCHMARKS, MissingDatasetError, resolve_data_root
+from tagalign.segmentation.benchmarks import BENCHMARKS, resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def test_missing_dataset_names_expected_path_and_doc(tmp_path):
 def test_descriptions_prompt_the_class_names_they_describe(one_image_layouts, tiny_clip_file, tmp_path):
     """--descriptions reaches the segmentor: when all 20 classes are described by one same text, every class scores
     alike and the whole image gets one label; the run records the file in its settings."""
-    from tagalign.tagging.descriptions import write_descriptions
+    from tagalign.models.description_file import write_descriptions
 
     names = [f"class{i}" for i in range(20)]
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")

@@ -14,7 +14,7 @@ from tagalign.models import (
     load_clip,
     save_checkpoint,
 )
-from tagalign.models.dense import surgery_tokens
+from tagalign.models.encoders import surgery_tokens
 
 
 @pytest.fixture

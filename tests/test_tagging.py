@@ -17,10 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tagalign.models.description_file import load_descriptions, write_descriptions
+from tagalign.models.text import DescriptionBank, reweighted_cosines, reweighted_embeddings
 from tagalign.tagging.benchmark import read_benchmark, write_benchmark
-from tagalign.tagging.descriptions import classify_description, load_descriptions, write_descriptions
+from tagalign.tagging.descriptions import classify_description
 from tagalign.tagging.metrics import tagging_metrics
-from tagalign.tagging.text import DescriptionBank, reweighted_cosines, reweighted_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,7 +353,7 @@ def test_two_processes_give_the_one_process_result(custom_benchmark):
 
 def test_class_names_with_descriptions_get_their_ensemble(tiny_clip):
     from tagalign.models import encode_texts
-    from tagalign.tagging.text import class_text_embeddings
+    from tagalign.models.text import class_text_embeddings
 
     descriptions = {"red": ["a photo of a red.", "Something red like a tomato."]}
     embeddings = class_text_embeddings(tiny_clip, ["red", "blue"], ["a photo of a {}."], descriptions)
@@ -363,7 +364,7 @@ def test_class_names_with_descriptions_get_their_ensemble(tiny_clip):
 
 
 def test_named_benchmarks_resolve_in_rams_layout(tmp_path):
-    from tagalign.segmentation.benchmarks import MissingDatasetError
+    from tagalign.errors import MissingDatasetError
     from tagalign.tagging.benchmark import count_missing_images, resolve_benchmark
 
     hico = tmp_path / "hico"

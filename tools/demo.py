@@ -30,7 +30,7 @@ from tagalign.data.transforms import load_image  # noqa: E402
 from tagalign.feature_cache import PatchFeatureCache  # noqa: E402
 from tagalign.inference import parse_texts  # noqa: E402
 from tagalign.models import TagAlign  # noqa: E402
-from tagalign.tagging.descriptions import load_descriptions  # noqa: E402
+from tagalign.models.description_file import load_descriptions  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")

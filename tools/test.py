@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from tagalign.errors import MissingDatasetError  # noqa: E402
 from tagalign.models.encoders import ENCODERS  # noqa: E402
 from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
 from tagalign.segmentation.benchmarks import (  # noqa: E402
     BENCHMARKS,
     EXTRA_BENCHMARKS,
-    MissingDatasetError,
     published_reference,
 )
 from tagalign.segmentation.class_names import NAME_SETS  # noqa: E402
@@ -185,9 +185,9 @@ def run_tagging(args) -> None:
     import numpy as np
 
     import tagalign
+    from tagalign.models.description_file import load_descriptions
     from tagalign.models.templates import TEMPLATE_SETS
     from tagalign.tagging.benchmark import count_missing_images, read_benchmark, resolve_benchmark
-    from tagalign.tagging.descriptions import load_descriptions
     from tagalign.tagging.evaluate import DEFAULT_TEMPLATES, build_tag_texts, evaluate_tagging, format_tagging_table
 
     if args.encoder == "all" or args.protocol != "tagalign" or args.preset:

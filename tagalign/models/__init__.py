@@ -1,32 +1,32 @@
-"""Model components: CLIP loading, the dense surgery encoder, the projector, the losses and TagAlign."""
+"""The model layer: CLIP loading, the dense encoders, the text side, the projector, the losses and TagAlign.
 
-from .clip import DEFAULT_TEMPLATES, ClipIdentity, ClipWeightsUnavailableError, encode_texts, get_tokenizer, load_clip
-from .dense import interpolate_pos_embed, surgery_patch_tokens, surgery_tokens
-from .encoders import ENCODERS, dense_features
-from .losses import ImageTextContrastiveLoss, TagClassificationLoss
-from .projector import GatedConvProjector, build_projector
-from .tagalign import CheckpointMismatchError, TagAlign, load_checkpoint, multi_hot, read_checkpoint, save_checkpoint
+Names are loaded on first use (``from tagalign.models import dense_features`` works as usual), so that the
+standard-library modules of this package (:mod:`.description_file`, :mod:`.templates`) also import in an environment
+without torch and open_clip, such as the separate vLLM environment of the describe stage.
+"""
 
-__all__ = [
-    "DEFAULT_TEMPLATES",
-    "ENCODERS",
-    "CheckpointMismatchError",
-    "ClipIdentity",
-    "ClipWeightsUnavailableError",
-    "GatedConvProjector",
-    "ImageTextContrastiveLoss",
-    "TagAlign",
-    "TagClassificationLoss",
-    "build_projector",
-    "dense_features",
-    "encode_texts",
-    "get_tokenizer",
-    "interpolate_pos_embed",
-    "load_checkpoint",
-    "load_clip",
-    "multi_hot",
-    "read_checkpoint",
-    "save_checkpoint",
-    "surgery_patch_tokens",
-    "surgery_tokens",
-]
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {
+    "DEFAULT_TEMPLATES": "clip", "ClipIdentity": "clip", "ClipWeightsUnavailableError": "clip",
+    "encode_texts": "clip", "get_tokenizer": "clip", "load_clip": "clip",
+    "ENCODERS": "encoders", "dense_features": "encoders", "interpolate_pos_embed": "encoders",
+    "register_encoder": "encoders", "surgery_patch_tokens": "encoders", "surgery_tokens": "encoders",
+    "ImageTextContrastiveLoss": "losses", "TagClassificationLoss": "losses",
+    "GatedConvProjector": "projector", "build_projector": "projector",
+    "TagAlign": "tagalign", "multi_hot": "tagalign",
+    "CheckpointMismatchError": "checkpoint", "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_model": "build",
+    "DescriptionBank": "text", "class_text_embeddings": "text",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module '{__name__}' has no attribute '{name}'")

@@ -4,9 +4,8 @@ The dense encoder is CLIP Surgery's (``surgery``, the reference) or any training
 :mod:`tagalign.models.encoders` (``encoder="clearclip"``, ...): the projector trains on that encoder's tokens.
 
 Only the projector and the two loss temperatures train (and, with ``tag_reweight``, RAM++'s re-weighting
-temperature). A checkpoint holds just that trainable state plus the model config, the CLIP identity (name, weights
-source, weights hash) and the tag-vocabulary hash; the CLIP weights are reloaded from their original source and
-checked against the hash.
+temperature): :meth:`TagAlign.trainable_state_dict` is what a checkpoint stores (:mod:`.checkpoint`). How texts are
+scored against the dense features is :mod:`.scoring`.
 """
 
 from __future__ import annotations
@@ -14,45 +13,33 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path
-from .clip import ClipIdentity, clip_identity
-from .dense import POS_INTERPOLATIONS, surgery_patch_tokens, surgery_tokens, validate_surgery_depth
-from .encoders import ENCODERS, global_token
+from .checkpoint import CheckpointMismatchError
+from .encoders import (
+    ENCODERS,
+    POS_INTERPOLATIONS,
+    global_token,
+    surgery_patch_tokens,
+    surgery_tokens,
+    validate_surgery_depth,
+)
 from .losses import ImageTextContrastiveLoss, LearnableTemperature, TagClassificationLoss
 from .projector import build_projector
+from .scoring import DenseScoring
+from .text import DescriptionBank, reweighted_cosines
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CheckpointMismatchError",
-    "TagAlign",
-    "label_set_feature_surgery",
-    "load_checkpoint",
-    "multi_hot",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["TagAlign", "multi_hot"]
 
-CHECKPOINT_FORMAT = "tagalign-checkpoint/1"
 _TRAINABLE_PREFIXES = ("projector.", "itc_loss.", "tag_loss.", "reweight_scale.")
-_ACTIVATION_NAMES = {"quick_gelu": "QuickGELU", "gelu": "GELU (nn.GELU)", None: "an unrecorded activation"}
 _LOSS_DEFAULTS = {"tag_mode": "softmax", "itc_weight": 1.0, "tag_weight": 1.0, "prob_clamp": 1e-8,
                   "shared_temperature": False}
 _SURGERY_ENCODERS = ("surgery", "clip_surgery")
-SCORES = ("sigmoid", "softmax")
-MIXES = ("probabilities", "similarities")
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not belong to this CLIP model (or this projector architecture)."""
 
 
 def _plain(value):
@@ -88,7 +75,7 @@ def _vocab_hash(tag_names: Sequence[str] | None, tag_embeddings: torch.Tensor | 
     return None
 
 
-class TagAlign(nn.Module):
+class TagAlign(DenseScoring, nn.Module):
     """Frozen CLIP + surgery dense encoder + trainable projector, trained with tag classification and InfoNCE.
 
     Args:
@@ -106,7 +93,7 @@ class TagAlign(nn.Module):
         encoder: the dense encoder the projector reads (a name in :data:`tagalign.models.encoders.ENCODERS`);
             ``surgery`` is the reference. ``surgery_layers`` is the depth of ``surgery``/``clip_surgery``.
         encoder_options: keyword options of that encoder (e.g. ``{"sigma": 3.0}`` for ``naclip``).
-        tag_descriptions: a :class:`tagalign.tagging.text.DescriptionBank` of the tags' description embeddings.
+        tag_descriptions: a :class:`tagalign.models.text.DescriptionBank` of the tags' description embeddings.
         tag_reweight: score tags in the tag loss with RAM++'s automatic re-weighting of ``tag_descriptions`` (per
             image, queried with the image feature; a learnable temperature ``reweight_scale``, initially 1/0.07).
     """
@@ -254,79 +241,11 @@ class TagAlign(nn.Module):
         """The frozen CLIP branch: frozen ln_post/proj on the same encoder tokens, ``[B, D, h, w]``."""
         return self._clip_projection(self.encode_patches(images))
 
-    @torch.no_grad()
-    def masks(
-        self,
-        images: torch.Tensor,
-        text_emb: torch.Tensor,
-        clip_w: float = 0.3,
-        scale: float = 10.0,
-        bias: float = -2.5,
-        size: tuple[int, int] | None = None,
-        score: str = "sigmoid",
-        mix: str = "probabilities",
-        feature_surgery: bool = False,
-    ) -> torch.Tensor:
-        """Per-text scores ``[B, N, H, W]`` for one crop (reference spec §6.1), bilinearly upsampled to the input size
-        (or to ``size``).
-
-        Reference defaults: ``sigmoid(scale * cos + bias)`` on the projected features, mixed with the frozen CLIP
-        branch's probabilities by ``clip_w``. Options (spec §7): ``score="softmax"`` is the paper's Eq. 8,
-        ``softmax(scale * cos)`` over the texts; ``mix="similarities"`` mixes the two cosine maps before scoring
-        (paper Eq. 7); ``feature_surgery=True`` applies CLIP Surgery's label-set feature surgery to each cosine map.
-        """
-        if score not in SCORES or mix not in MIXES:
-            raise ValueError(f"score must be one of {SCORES} and mix one of {MIXES}; got '{score}', '{mix}'")
-        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
-
-        def activate(similarity: torch.Tensor) -> torch.Tensor:
-            logits = scale * similarity
-            return torch.sigmoid(logits + bias) if score == "sigmoid" else logits.softmax(dim=1)
-
-        if clip_w <= 0:
-            probs = activate(projected)
-        elif mix == "similarities":
-            probs = activate((1 - clip_w) * projected + clip_w * clip)
-        else:
-            probs = (1 - clip_w) * activate(projected) + clip_w * activate(clip)
-        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
-
-    @torch.no_grad()
-    def cosines(self, images: torch.Tensor, text_emb: torch.Tensor, feature_surgery: bool = False,
-                with_clip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
-        CLIP branch's, both from one encoder pass; ``feature_surgery`` applies CLIP Surgery's label-set step."""
-        if feature_surgery:
-            tokens = self.encode_dense(images)
-            patches = self.token_map(tokens[:, 1:], images)
-            cls = F.normalize(self.clip.visual.ln_post(tokens[:, 0]) @ self.clip.visual.proj, dim=-1)
-        else:
-            patches = self.encode_patches(images)
-        texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
-
-        def cosine(features: torch.Tensor) -> torch.Tensor:
-            similarity = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
-            return label_set_feature_surgery(similarity, cls.float() @ texts.t()) if feature_surgery else similarity
-
-        clip = cosine(self._clip_projection(patches)) if with_clip else None
-        return cosine(self.projector(patches)), clip
-
-    @torch.no_grad()
-    def similarities(self, images: torch.Tensor, text_emb: torch.Tensor, clip_w: float = 0.3,
-                     feature_surgery: bool = False) -> torch.Tensor:
-        """``(1 - clip_w) * cos_projected + clip_w * cos_clip`` ``[B, N, h, w]`` on the patch grid: the cosine maps
-        the SCLIP-family protocol averages over windows before its softmax (for an untrained projector both terms
-        are the encoder's own CLIP cosines)."""
-        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
-        return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * clip
-
     # ------------------------------------------------------------------ training objective
     def description_bank(self):
-        """The tags' description embeddings as a :class:`~tagalign.tagging.text.DescriptionBank` (or None)."""
+        """The tags' description embeddings as a :class:`~tagalign.models.text.DescriptionBank` (or None)."""
         if not self.has_descriptions:
             return None
-        from ..tagging.text import DescriptionBank
-
         return DescriptionBank(self.description_embeddings, self.description_mask)
 
     def _reweighted_tag_cosines(self, image_emb: torch.Tensor) -> torch.Tensor | None:
@@ -337,8 +256,6 @@ class TagAlign(nn.Module):
         if bank is None:
             raise ValueError("tag_reweight needs tag_descriptions (tag_embeddings.pt written with embed --text "
                              "descriptions or both)")
-        from ..tagging.text import reweighted_cosines
-
         return reweighted_cosines(image_emb, bank, self.reweight_scale())
 
     def loss(
@@ -371,92 +288,3 @@ class TagAlign(nn.Module):
         if not any(k.startswith("loss_") for k in losses):
             raise ValueError("both loss weights are 0: nothing to train")
         return losses
-
-
-def label_set_feature_surgery(similarity: torch.Tensor, cls_similarity: torch.Tensor) -> torch.Tensor:
-    """CLIP Surgery's feature surgery over a label set (its ``clip_feature_surgery``, training-free spec §6.2).
-
-    ``similarity`` ``[B, N, h, w]``: cosines of each patch with each text; ``cls_similarity`` ``[B, N]``: those of
-    the CLS token. ``w = softmax_c(2 * cls)``, ``w /= mean_c(w)``, then ``w_c * sim_c - mean_c'(w_c' * sim_c')``.
-    """
-    weights = (2 * cls_similarity).softmax(dim=1)
-    weights = (weights / weights.mean(dim=1, keepdim=True))[:, :, None, None]
-    weighted = weights * similarity
-    return weighted - weighted.mean(dim=1, keepdim=True)
-
-
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(model: TagAlign, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Write the trainable state, config, CLIP identity and tag-vocabulary hash atomically to ``path``."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": model.trainable_state_dict(),
-        "config": model.config,
-        "clip": clip_identity(model.clip).to_dict(),
-        "tag_vocab_hash": model.tag_vocab_hash,
-        "extra": extra or {},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, checking its format."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torch/pickle raise many kinds for a file that is not a torch checkpoint
-        raise CheckpointMismatchError(
-            f"{path} is not a tagalign checkpoint: torch cannot read it ({type(err).__name__}: {err}). Expected a "
-            f"file written by tools/train.py (WORK_DIR/tagalign_latest.pth or tagalign_iter_N.pth)."
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(f"{path} is not a tagalign checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return payload
-
-
-def load_checkpoint(model: TagAlign, path: str | os.PathLike, check_clip: bool = True) -> dict:
-    """Load a checkpoint into ``model``; refuse one trained on different CLIP weights. Returns the payload."""
-    payload = read_checkpoint(path)
-    saved = ClipIdentity(**payload["clip"])
-    current = clip_identity(model.clip)
-    if check_clip and saved.activation and saved.activation != current.activation:
-        raise CheckpointMismatchError(
-            f"{path} was trained on CLIP '{saved.model_name}' with {_ACTIVATION_NAMES[saved.activation]}, but the "
-            f"model's CLIP '{current.model_name}' uses {_ACTIVATION_NAMES[current.activation]}: the same weights "
-            f"give different features. Load the CLIP with the checkpoint's activation (for QuickGELU: the "
-            f"'-quickgelu' model name, e.g. --clip {saved.model_name.removesuffix('-quickgelu')}-quickgelu)."
-        )
-    if check_clip and saved.weights_hash != current.weights_hash:
-        raise CheckpointMismatchError(
-            f"{path} was trained on CLIP '{saved.model_name}' (weights {saved.pretrained or 'random init'}, hash "
-            f"{saved.weights_hash}), but the model holds CLIP '{current.model_name}' (weights "
-            f"{current.pretrained or 'random init'}, hash {current.weights_hash}). Load the same CLIP, e.g. "
-            f"--clip {saved.model_name} --pretrained {saved.pretrained or '<the same weights file>'}."
-        )
-    saved_encoder = payload["config"].get("encoder", "surgery")
-    saved_options = payload["config"].get("encoder_options", {})
-    if (saved_encoder, saved_options) != (model.encoder, model.encoder_options):
-        raise CheckpointMismatchError(
-            f"{path} trained its projector on the '{saved_encoder}' encoder (options {saved_options}), but the "
-            f"model uses '{model.encoder}' (options {model.encoder_options}): "
-            f"the projector reads that encoder's tokens. Evaluate with --encoder {saved_encoder} (or leave it out)."
-        )
-    if payload["config"].get("surgery_layers") != model.surgery_layers:
-        raise CheckpointMismatchError(
-            f"{path} used surgery_layers={payload['config'].get('surgery_layers')}, the model has "
-            f"{model.surgery_layers}"
-        )
-    saved_interpolation = payload["config"].get("pos_interpolation", "bicubic")
-    if saved_interpolation != model.pos_interpolation:
-        raise CheckpointMismatchError(
-            f"{path} was trained with {saved_interpolation} positional resizing, the model uses "
-            f"{model.pos_interpolation}"
-        )
-    saved_vocab = payload.get("tag_vocab_hash")
-    if saved_vocab and model.tag_vocab_hash and saved_vocab != model.tag_vocab_hash:
-        logger.warning("%s was trained with a different tag vocabulary (hash %s, model has %s)",
-                       path, saved_vocab, model.tag_vocab_hash)
-    model.load_trainable_state_dict(payload["state_dict"])
-    return payload

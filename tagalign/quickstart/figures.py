@@ -25,7 +25,7 @@ def write_figures(checkpoints: dict[str, Path | None], world: dict, data_root: P
     from ..models.clip import encode_texts
     from ..segmentation.inference import InferenceConfig, predict_probabilities
     from ..visualize import heatmap_grid, overlay
-    from .run import INFERENCE
+    from .world import INFERENCE
 
     config = InferenceConfig(**INFERENCE)
     models = {name: load(ckpt, clip=world["clip_name"], pretrained=world["clip"], encoder=encoder)

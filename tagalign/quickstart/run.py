@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..models.pretrain import PretrainConfig
-from .world import TAG_DIRS, build_shapes_world
+from .world import INFERENCE, TAG_DIRS, build_shapes_world
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,6 @@ __all__ = ["COLUMNS", "MODELS", "format_table", "run_quickstart"]
 
 #: Rows of the summary, in order; the trained ones map to the tag folder their labels come from.
 MODELS = ("untrained", "objects", "objects+attributes")
-#: Sliding-window settings of every evaluation (short side 224 = twice the tiny CLIP's 112 px, as the reference
-#: evaluates its 224 px CLIP at 448).
-INFERENCE = dict(crop=224, stride=112)
 
 
 def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_root: str | os.PathLike | None = None,

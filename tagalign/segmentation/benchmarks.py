@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MissingDatasetError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "PUBLISHED_MIOU", "BenchmarkSpec", "MissingDatasetError",
+__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "PUBLISHED_MIOU", "BenchmarkSpec",
            "published_reference", "resolve_data_root"]
 
 
@@ -113,10 +115,6 @@ def published_reference(encoder: str | None, trained: bool, pamr: bool) -> tuple
     if encoder == "naclip" and not pamr:
         return PUBLISHED_MIOU["naclip_no_pamr"]
     return PUBLISHED_MIOU.get(encoder)
-
-
-class MissingDatasetError(FileNotFoundError):
-    """A benchmark's files are not where they were expected."""
 
 
 def _missing(spec: BenchmarkSpec, root: Path) -> list[str]:

@@ -14,6 +14,7 @@ from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 from ..atomic import atomic_write_text
+from ..errors import MissingDatasetError
 from ..models.templates import TEMPLATE_SETS
 from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
 from .benchmarks import (
@@ -21,7 +22,6 @@ from .benchmarks import (
     EXTRA_BENCHMARKS,
     PAPER_MIOU,
     WITH_BACKGROUND,
-    MissingDatasetError,
     published_reference,
     resolve_data_root,
 )

@@ -29,8 +29,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.transforms import load_image, resize_probs, resize_short_side, to_tensor
+from ..errors import MissingDatasetError
 from ..models.clip import encode_texts
-from .benchmarks import MissingDatasetError
 from .inference import InferenceConfig, predict_probabilities
 
 logger = logging.getLogger(__name__)

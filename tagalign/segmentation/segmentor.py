@@ -15,9 +15,9 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 
-from ..api import load
+from ..models.build import load_model as load
 from ..models.clip import DEFAULT_TEMPLATES
-from ..tagging.text import class_text_embeddings
+from ..models.text import class_text_embeddings
 from .class_names import resolve_duplicates
 from .inference import InferenceConfig, predict_probabilities
 from .similarity_inference import class_probabilities, labels_from_probabilities, window_similarities

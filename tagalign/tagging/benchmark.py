@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..segmentation.benchmarks import MissingDatasetError
+from ..errors import MissingDatasetError
 
 logger = logging.getLogger(__name__)
 

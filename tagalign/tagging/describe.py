@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..atomic import atomic_write_text, remove_leftover_temporaries
-from .descriptions import DESCRIPTION_PROMPTS, classify_description, photo_prompt, write_descriptions
+from ..models.description_file import photo_prompt, write_descriptions
+from .descriptions import DESCRIPTION_PROMPTS, classify_description
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.text import (
+    RAM_REWEIGHT_SCALE,
+    DescriptionBank,
+    encode_descriptions,
+    reweighted_cosines,
+    reweighted_embeddings,
+)
 from .benchmark import TaggingBenchmark
 from .metrics import tagging_metrics
-from .text import RAM_REWEIGHT_SCALE, DescriptionBank, encode_descriptions, reweighted_cosines, reweighted_embeddings
 
 logger = logging.getLogger(__name__)
 

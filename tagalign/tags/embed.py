@@ -27,8 +27,8 @@ def _description_payload(model, tags: list[str], descriptions: str | Path) -> di
     """The description fields of ``tag_embeddings.pt`` and their provenance."""
     import hashlib
 
-    from ..tagging.descriptions import load_descriptions
-    from ..tagging.text import encode_descriptions
+    from ..models.description_file import load_descriptions
+    from ..models.text import encode_descriptions
 
     texts = load_descriptions(descriptions)
     bank, missing = encode_descriptions(model, tags, texts)
@@ -58,7 +58,7 @@ def embed_vocab(out_dir: str | Path, clip: str = "ViT-B-16", pretrained: str | N
     import torch
 
     from ..models.clip import clip_identity, encode_texts, load_clip
-    from .merge import finish_interrupted_merge
+    from .merge_commit import finish_interrupted_merge
 
     if text not in TEXT_MODES:
         raise ValueError(f"text must be one of {TEXT_MODES}; got {text!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
+from .merge_commit import finish_interrupted_merge
 
 __all__ = ["LabelStore", "write_labels"]
 
@@ -60,8 +61,6 @@ class LabelStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        from .merge import finish_interrupted_merge
-
         finish_interrupted_merge(self.path.parent)  # a merge killed after its commit point: finish it first
         if not self.path.is_file():
             raise FileNotFoundError(f"label file {self.path} does not exist (run tools/parse_tags.py merge)")

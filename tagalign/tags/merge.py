@@ -1,10 +1,7 @@
 """The merge stage: vocabulary from every parsed part, then labels and the frequency prior.
 
-The outputs (``vocab.csv``, ``labels.sqlite``, ``tag_frequency.npy``, ``merge_stats.json``) change together or not
-at all: they are written into ``OUT/.merge-staging/``, synced, then a journal ``OUT/.merge-commit.json`` is written
-(the commit point) and the files are renamed into place. A merge killed before the journal leaves the previous set
-untouched; one killed after it is completed by :func:`finish_interrupted_merge`, which merge, embed and training
-call before they read the files.
+The outputs change together or not at all: they are staged, synced, then committed by a journal
+(:mod:`.merge_commit`).
 """
 
 from __future__ import annotations
@@ -12,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from .labels import write_labels
+from .merge_commit import JOURNAL, MERGE_OUTPUTS, apply_journal, finish_interrupted_merge, staging_dir
 from .vocab import TagVocab, count_tags, iter_parsed, read_tag_list
 
 logger = logging.getLogger(__name__)
@@ -24,35 +21,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["MERGE_OUTPUTS", "IncompleteParseError", "finish_interrupted_merge", "merge_parsed",
            "write_merge_outputs"]
 
-MERGE_OUTPUTS = ("vocab.csv", "labels.sqlite", "tag_frequency.npy", "merge_stats.json")
-_STAGING = ".merge-staging"
-_JOURNAL = ".merge-commit.json"
 
 
 class IncompleteParseError(RuntimeError):
     """Some parse shards have not finished: merging now would label only part of the data."""
-
-
-def finish_interrupted_merge(out_dir: str | Path) -> bool:
-    """Complete a merge that was killed after its commit point, or drop one killed before it. True if completed."""
-    out_dir = Path(out_dir)
-    staging, journal = out_dir / _STAGING, out_dir / _JOURNAL
-    if not journal.exists():  # killed before the commit point: the previous set stands, drop the new one
-        shutil.rmtree(staging, ignore_errors=True)
-        journal.with_name(f"{_JOURNAL}.tmp").unlink(missing_ok=True)
-        return False
-    _commit(out_dir)
-    logger.info("%s: completed an interrupted merge (all of %s are from it)", out_dir, ", ".join(MERGE_OUTPUTS))
-    return True
-
-
-def _commit(out_dir: Path) -> None:
-    staging, journal = out_dir / _STAGING, out_dir / _JOURNAL
-    for name in json.loads(journal.read_text())["files"]:
-        if (staging / name).exists():
-            os.replace(staging / name, out_dir / name)
-    journal.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_parse_finished(out_dir: Path) -> None:
@@ -86,8 +58,7 @@ def write_merge_outputs(out_dir: Path, vocab: TagVocab, rows: Iterable[tuple[str
     as a set (see the module docstring). ``rows`` may count into ``extra``'s values lazily: they are read after the
     labels are written. Returns the statistics."""
     finish_interrupted_merge(out_dir)
-    staging = out_dir / _STAGING
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir)
     vocab.save(staging / "vocab.csv")
     written = write_labels(staging / "labels.sqlite", rows, len(vocab), vocab.hash)
     stats = {
@@ -100,11 +71,11 @@ def write_merge_outputs(out_dir: Path, vocab: TagVocab, rows: Iterable[tuple[str
     (staging / "merge_stats.json").write_text(json.dumps(stats, indent=2))
     for name in MERGE_OUTPUTS:
         _sync(staging / name)
-    journal_tmp = out_dir / f"{_JOURNAL}.tmp"
+    journal_tmp = out_dir / f"{JOURNAL}.tmp"
     journal_tmp.write_text(json.dumps({"files": list(MERGE_OUTPUTS)}))
     _sync(journal_tmp)
-    os.replace(journal_tmp, out_dir / _JOURNAL)  # the commit point
-    _commit(out_dir)
+    os.replace(journal_tmp, out_dir / JOURNAL)  # the commit point
+    apply_journal(out_dir)
     return stats
 
 

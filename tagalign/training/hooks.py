@@ -9,8 +9,8 @@ from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from ..models.checkpoint import save_checkpoint
 from ..models.clip import clip_identity
-from ..models.tagalign import save_checkpoint
 
 __all__ = ["ExportTagAlignCheckpointHook", "TrainingStatsHook"]
 

@@ -51,7 +51,7 @@ def _tag_text(payload: dict, tag_text: str, path: str):
         raise ValueError(f"model.tag_text={tag_text!r} needs description embeddings, but {path} was written with "
                          f"--text {payload.get('text', 'template')}: rerun tools/parse_tags.py embed with --text "
                          f"descriptions (or both)")
-    from ..tagging.text import DescriptionBank
+    from ..models.text import DescriptionBank
 
     bank = DescriptionBank(payload["description_embeddings"], payload["description_mask"])
     logger.info("tag classifier text: %s (%d descriptions of %d tags from %s)", tag_text, int(bank.mask.sum()),

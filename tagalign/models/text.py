@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .descriptions import photo_prompt
+from .clip import encode_texts
+from .description_file import load_descriptions, photo_prompt
 
 __all__ = ["RAM_REWEIGHT_SCALE", "DescriptionBank", "class_text_embeddings", "encode_descriptions",
            "reweighted_cosines", "reweighted_embeddings"]
@@ -70,8 +71,6 @@ def encode_descriptions(model, tags: Sequence[str], descriptions: Mapping[str, S
     A tag with no description in ``descriptions`` gets RAM++'s entry 0 only, "a photo of a {tag}."; those tags are
     returned as the second value.
     """
-    from ..models.clip import encode_texts
-
     missing = [tag for tag in tags if not descriptions.get(tag)]
     per_tag = [list(descriptions.get(tag) or [photo_prompt(tag)]) for tag in tags]
     flat = [text for texts in per_tag for text in texts]
@@ -91,14 +90,10 @@ def class_text_embeddings(model, names: Sequence[str], templates: Sequence[str],
                           normalize_each: bool = False) -> torch.Tensor:
     """``[N, D]`` text embeddings of class names: a name found in ``descriptions`` (a RAM++ description file or a
     ``{name: [texts]}`` mapping) gets its description ensemble, any other name its template embedding."""
-    from ..models.clip import encode_texts
-
     embeddings = encode_texts(model, names, templates, normalize_each=normalize_each)
     if descriptions is None:
         return embeddings
     if not isinstance(descriptions, Mapping):
-        from .descriptions import load_descriptions
-
         descriptions = load_descriptions(descriptions)
     described = [i for i, name in enumerate(names) if descriptions.get(name)]
     if described:

@@ -1,0 +1,17 @@
+"""Training-free dense CLIP encoders over an unmodified open_clip ViT, one module per family, chosen by name.
+
+- :mod:`.vit`: the shared ViT plumbing (embedding and positional resize, per-head q/k/v, attention output, FFN,
+  plain block);
+- :mod:`.plain`: ``vanilla`` and ``maskclip``; :mod:`.sclip_family`: ``sclip``, ``clearclip``, ``naclip``;
+  :mod:`.surgery`: ``surgery`` (TagAlign's, the default) and ``clip_surgery``;
+- :mod:`.registry`: :data:`ENCODERS` and :func:`dense_features`.
+"""
+
+from .registry import ENCODERS, dense_features, register_encoder
+from .sclip_family import gaussian_neighbourhood
+from .surgery import surgery_patch_tokens, surgery_tokens, validate_surgery_depth
+from .vit import POS_INTERPOLATIONS, global_token, interpolate_pos_embed
+
+__all__ = ["ENCODERS", "POS_INTERPOLATIONS", "dense_features", "gaussian_neighbourhood", "global_token",
+           "interpolate_pos_embed", "register_encoder", "surgery_patch_tokens", "surgery_tokens",
+           "validate_surgery_depth"]
