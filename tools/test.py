@@ -208,7 +208,7 @@ def run_tagging(args) -> None:
             sys.exit("Not starting: --prompts descriptions/reweighted need --descriptions (tools/parse_tags.py "
                      "describe writes one; docs/tagging.md)")
         described = load_descriptions(descriptions) if descriptions else None
-        threshold = np.loadtxt(args.threshold_file, dtype=np.float32, ndmin=1) if args.threshold_file \
+        threshold = np.loadtxt(args.threshold_file, dtype=np.float64, ndmin=1) if args.threshold_file \
             else args.threshold
     except (MissingDatasetError, ValueError, OSError) as err:
         sys.exit(f"Not starting: {err}")

@@ -4,7 +4,8 @@
   ``P_c + 1e-8`` (non-interpolated). A class without positives has AP 0 and stays in the mean (RAM's mAP).
 - Ties: RAM's numpy ``argsort()[::-1]`` makes tied images' order depend on sort internals. Here ties go to the
   image that comes first in the annotation file, always.
-- Precision/recall at a threshold: tag c predicted iff ``score >= threshold_c``;
+- Precision/recall at a threshold: tag c predicted iff ``score >= threshold_c``, compared in float64 (the fp32
+  score widened exactly, the threshold never rounded to fp32), as RAM's code compares;
   ``P_c = TP / (TP + FP + 1e-9)``, ``R_c = TP / (TP + FN + 1e-9)``; CP and CR are their means over classes and
   ``F1 = 2 CP CR / (CP + CR)`` (RAM's code prints CP and CR only; the paper's F1 fits this form).
 Every mean is reported twice: over all classes (RAM's convention) and over the classes with at least one positive.
@@ -44,7 +45,9 @@ def tagging_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float | 
     targets = np.asarray(targets, dtype=bool)
     scores = np.asarray(scores, dtype=np.float32)
     ap = average_precisions(scores, targets)
-    predicted = scores >= np.asarray(threshold, dtype=np.float32)
+    # RAM compares each fp32 score, widened exactly, with a float64 threshold: a score on the float32-rounded
+    # threshold must not count as reaching it
+    predicted = scores.astype(np.float64) >= np.asarray(threshold, dtype=np.float64)
     tp = (predicted & targets).sum(axis=0)
     precision = tp / (predicted.sum(axis=0) + 1e-9)
     recall = tp / (targets.sum(axis=0) + 1e-9)
