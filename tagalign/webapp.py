@@ -8,23 +8,34 @@ only state is the loaded model, its untrained CLIP-surgery baseline and a cache 
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .data.decode import ImageDecodeError, decode_bytes
 from .feature_cache import PatchFeatureCache
 from .inference import parse_texts, segment, tag
 from .models.tagalign import TagAlign
 from .visualize import class_colours, heatmap_grid, overlay
 
-__all__ = ["MAX_HEATMAPS", "MAX_QUERIES", "MAX_SIDE", "DemoResult", "SegmentationDemo", "build_app"]
+__all__ = ["MAX_HEATMAPS", "MAX_QUERIES", "MAX_SIDE", "DemoResult", "SegmentationDemo", "UnreadableUpload",
+           "build_app", "read_upload"]
 
 MAX_SIDE = 2048  # larger uploads are downscaled first, with a note
 MAX_QUERIES = 50
 MAX_HEATMAPS = 12  # heatmap columns shown (every query is still segmented and listed)
+
+
+@dataclass(frozen=True)
+class UnreadableUpload:
+    """An upload the browser sent but no image decoder could open (the page shows ``reason``)."""
+
+    reason: str
 
 
 @dataclass
@@ -47,12 +58,23 @@ class SegmentationDemo:
         self.vocab = vocab
         self.tag_count = tag_count
 
-    def run(self, image: np.ndarray | None, queries: str, background: bool = True, bg_thresh: float = 0.4,
-            clip_w: float = 0.3, slide: bool = True, pamr: bool = False, compare_clip: bool = True) -> DemoResult:
+    def run(self, image: np.ndarray | str | UnreadableUpload | None, queries: str, background: bool = True,
+            bg_thresh: float = 0.4, clip_w: float = 0.3, slide: bool = True, pamr: bool = False,
+            compare_clip: bool = True) -> DemoResult:
+        """``image``: an RGB array, or the path of an uploaded file, decoded by :mod:`tagalign.data.decode`."""
         result = DemoResult()
         if image is None:
             result.status = "Upload an image (JPEG, PNG, ...) first."
             return result
+        if isinstance(image, UnreadableUpload):
+            result.status = f"Could not read this image: {image.reason}. Upload a JPEG, PNG, WebP, TIFF or BMP file."
+            return result
+        if isinstance(image, str | os.PathLike):
+            try:
+                image = read_upload(image)
+            except (ImageDecodeError, OSError) as err:
+                result.status = f"Could not read this image: {err}"
+                return result
         lines = [line for line in (queries or "").splitlines() if line.strip()]
         if not lines:
             result.status = "Type at least one query, one per line (commas list synonyms of one class)."
@@ -64,6 +86,11 @@ class SegmentationDemo:
             classes = parse_texts(lines)
         except ValueError as err:
             result.status = f"Queries: {err}."
+            return result
+        texts = sum(len(synonyms) for synonyms in classes)
+        if texts > MAX_QUERIES:
+            result.status = (f"{texts} texts to encode (queries and their synonyms): at most {MAX_QUERIES} per "
+                             f"request.")
             return result
         image = self._fit(np.asarray(image), result.notes)
         start, misses = time.perf_counter(), self.cache.misses
@@ -111,6 +138,11 @@ class SegmentationDemo:
         return image
 
 
+def read_upload(path: str | os.PathLike) -> np.ndarray:
+    """An uploaded file as RGB uint8 by :mod:`tagalign.data.decode`'s rules; errors never show the server's path."""
+    return decode_bytes(Path(path).read_bytes(), source="the uploaded image")
+
+
 def _legend(names: Sequence[str], areas: dict[str, float]) -> str:
     """HTML legend: the overlay's colour of each query and the share of the image it covers."""
     colours = class_colours(len(names))
@@ -125,6 +157,21 @@ def _legend(names: Sequence[str], areas: dict[str, float]) -> str:
     return '<ul class="legend" style="list-style:none;padding:0">' + "".join(items) + "</ul>"
 
 
+def _tolerant_upload(component):
+    """Make ``component`` (a ``gr.Image``) hand a failed decode to :meth:`SegmentationDemo.run` as an
+    :class:`UnreadableUpload` instead of raising the framework's raw error, which names server paths and internals."""
+    preprocess = component.preprocess
+
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except Exception as err:  # noqa: BLE001  (any decoder failure becomes a message on the page)
+            return UnreadableUpload(f"not a readable image file ({type(err).__name__})")
+
+    component.preprocess = tolerant
+    return component
+
+
 def build_app(demo: SegmentationDemo, examples: Sequence[str] = (), title: str = "tagalign"):
     """The Gradio page: inputs (image, queries, options) on the left, results on the right; requests are queued."""
     import gradio as gr
@@ -134,7 +181,8 @@ def build_app(demo: SegmentationDemo, examples: Sequence[str] = (), title: str =
                     f"class (`tv, monitor`). The bottom row of the heatmaps is the untrained CLIP-surgery baseline.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="numpy", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                image = _tolerant_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                                  elem_id="image"))
                 queries = gr.Textbox(lines=4, label="Queries (one per line)", elem_id="queries",
                                      placeholder="red square\nblue circle")
                 with gr.Accordion("Options", open=False):

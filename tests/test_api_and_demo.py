@@ -15,6 +15,7 @@ from PIL import Image
 import tagalign
 from tagalign.data.synthetic import render_scene
 from tagalign.models import TagAlign, encode_texts, load_clip, save_checkpoint
+from tagalign.visualize import text_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_demo_writes_overlay_and_heatmaps_for_a_directory(trained, tmp_path):
     for name, (width, height) in {"a": (260, 180), "b": (130, 90)}.items():
         assert Image.open(out / f"{name}_overlay.png").size == (width, height)
         # image + 2 text columns; two labelled rows (TagAlign, untrained CLIP surgery)
-        assert Image.open(out / f"{name}_heatmaps.png").size == (3 * width, 2 * (height + 16))
+        assert Image.open(out / f"{name}_heatmaps.png").size == (3 * width, 2 * (height + text_size(width) + 8))
 
 
 def test_demo_without_texts_is_an_error(trained):

@@ -158,3 +158,15 @@ def test_a_new_encoder_is_one_module_and_one_registry_entry(tiny_clip, monkeypat
     with pytest.raises(SystemExit):
         runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "test.py"), run_name="__main__")
     assert "embedding_only" in capsys.readouterr().out
+
+
+def test_the_docs_list_each_encoders_declared_options():
+    from pathlib import Path
+
+    from tagalign.models.encoders import options_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "encoders.md").read_text()
+    start = docs.index("<!-- options table: from tagalign.models.encoders.options_table() -->\n")
+    block = docs[start:docs.index("\n<!-- end of options table -->")].split("\n", 1)[1]
+    assert block == options_table()
+    assert "sigma (float, default 5.0)" in block and block.count("depth (int, default 6)") == 2

@@ -528,3 +528,291 @@ def test_more_streams_than_samples_is_an_error_not_a_hang(shards):
     dataset = TagShardDataset(root / "shards", root / "labels.sqlite", transform=small_tensor, world_size=30, rank=29)
     with pytest.raises(NoTrainingSamplesError, match=r"stream 29 of 30 .* owns no sample"):
         next(iter(dataset))
+
+
+# ------------------------------------------------------------------------------------ round three (issue 24)
+WHITE = np.array([255, 255, 255], dtype=np.float64)
+
+
+def _mode_images() -> dict[str, tuple[Image.Image, str, np.ndarray]]:
+    """mode -> (image, file format, expected RGB) with the expected pixels written out here, not by the decoder."""
+    rng = np.random.default_rng(5)
+    h, w = 6, 7
+    grey = rng.integers(0, 256, (h, w)).astype(np.uint8)
+    rgb = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    alpha = rng.integers(0, 256, (h, w)).astype(np.uint8)
+    bits = rng.integers(0, 2, (h, w)).astype(bool)
+    sixteen = rng.integers(0, 65536, (h, w)).astype(np.uint16)
+    floats = rng.random((h, w)).astype(np.float32)
+    palette = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    indices = rng.integers(0, 8, (h, w)).astype(np.uint8)
+    cmyk = rng.integers(0, 256, (h, w, 4)).astype(np.uint8)
+
+    def composite(colour, a):
+        a = a.astype(np.float64)[..., None] / 255
+        return np.rint(a * colour + (1 - a) * WHITE).astype(np.uint8)
+
+    def grey3(values):
+        return np.repeat(np.asarray(values, dtype=np.uint8)[..., None], 3, axis=-1)
+
+    p_image = Image.fromarray(indices, "P")
+    p_image.putpalette(palette.reshape(-1).tolist())
+    p_transparent = p_image.copy()
+    p_transparent.info["transparency"] = 3  # palette entry 3 is fully transparent
+    p_expected_t = palette[indices].copy()
+    p_expected_t[indices == 3] = 255
+    la = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+    rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    int32 = Image.fromarray(sixteen.astype(np.int32), "I")
+    return {
+        "1": (Image.fromarray(bits), "PNG", grey3(bits * 255)),
+        "L": (Image.fromarray(grey), "PNG", grey3(grey)),
+        "LA": (la, "PNG", composite(grey3(grey).astype(np.float64), alpha)),
+        "P": (p_image, "PNG", palette[indices]),
+        "P+transparency": (p_transparent, "PNG", p_expected_t),
+        "RGBA": (rgba, "PNG", composite(rgb.astype(np.float64), alpha)),
+        "CMYK": (Image.fromarray(cmyk, "CMYK"), "TIFF",
+                 np.rint((255 - cmyk[..., :3].astype(float)) * (255 - cmyk[..., 3:].astype(float)) / 255)
+                 .astype(np.uint8)),  # R = 255 (1 - C) (1 - K), the standard separation Pillow applies
+        "I;16": (Image.fromarray(sixteen, "I;16"), "PNG", grey3(np.rint(sixteen / 257.0))),
+        "I": (int32, "TIFF", grey3(np.rint(sixteen / 257.0))),
+        "F": (Image.fromarray(floats, "F"), "TIFF", grey3(np.rint(floats.astype(np.float64) * 255))),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_mode_images()))
+def test_1_every_image_mode_reaches_training_the_web_app_and_evaluation_faithfully(mode, tmp_path):
+    """16-bit grey used to become white (convert("RGB") clips at 255); every entry point now decodes alike."""
+    from tagalign.segmentation.loading import LoadRGBImageFromFile
+    from tagalign.webapp import read_upload
+
+    image, file_format, expected = _mode_images()[mode]
+    path = tmp_path / f"image.{file_format.lower()}"
+    image.save(path, format=file_format)
+    with Image.open(path) as reopened:  # the file really holds the mode under test
+        assert reopened.mode == image.mode or (mode, reopened.mode) in {("I", "I;16"), ("I;16", "I")}
+
+    dataset = TagShardDataset.__new__(TagShardDataset)  # the training decoder, without shards around it
+    dataset.transform, dataset.tokenizer, dataset.seed = None, None, 0
+    training = np.asarray(dataset._decode({"image": path.read_bytes(), "txt": "x", "key": "k"}, 0, 0)["image"])
+    web = read_upload(str(path))
+    evaluation = LoadRGBImageFromFile().transform({"img_path": str(path)})["img"][..., ::-1]
+    for decoded in (training, web, evaluation):
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded, expected), mode
+
+
+def test_1_undecodable_modes_are_refused_or_skipped_and_counted(shards, tmp_path):
+    from tagalign.data.decode import ImageDecodeError, open_rgb
+
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32), "I").save(tmp_path / "wide.tif")
+    with pytest.raises(ImageDecodeError, match=r"wide.tif: a 32-bit integer image \(mode I\) with values 70000"):
+        open_rgb(tmp_path / "wide.tif")
+    Image.fromarray(np.full((4, 4), 3.5, dtype=np.float32), "F").save(tmp_path / "hdr.tif")
+    with pytest.raises(ImageDecodeError, match=r"hdr.tif: a 32-bit float image \(mode F\) with values outside"):
+        open_rgb(tmp_path / "hdr.tif")
+
+
+def _tiny_checkpoint(tiny_clip, folder: Path) -> Path:
+    from tagalign.models import TagAlign, load_clip, save_checkpoint
+
+    torch.save(tiny_clip.state_dict(), folder / "clip.pt")
+    save_checkpoint(TagAlign(load_clip("tagalign-tiny", str(folder / "clip.pt"))), folder / "ckpt.pth")
+    return folder / "ckpt.pth"
+
+
+def test_2_two_inputs_with_one_stem_get_two_sets_of_outputs(tiny_clip, tmp_path):
+    checkpoint = _tiny_checkpoint(tiny_clip, tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((64, 80, 3), 30, dtype=np.uint8)).save(images / "photo.jpg")
+    Image.fromarray(np.full((48, 96, 3), 220, dtype=np.uint8)).save(images / "photo.png")
+    Image.fromarray(np.full((64, 64, 3), 120, dtype=np.uint8)).save(images / "other.PNG")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), str(images), "--texts", "red",
+                             "--checkpoint", str(checkpoint), "--out", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "TAGALIGN_CACHE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["other_heatmaps.png", "other_overlay.png", "photo_jpg_heatmaps.png", "photo_jpg_overlay.png",
+                       "photo_png_heatmaps.png", "photo_png_overlay.png"]
+    assert Image.open(out / "photo_jpg_overlay.png").size == (80, 64)
+    assert Image.open(out / "photo_png_overlay.png").size == (96, 48)
+    assert "wrote 6 files (3 image(s)" in result.stdout and "photo_png_overlay.png" in result.stdout
+    assert "shares its name with another input" in result.stderr
+
+
+def test_3_a_copied_work_dir_resumes_its_own_checkpoint_never_the_originals(tmp_path):
+    import shutil
+
+    from tagalign.training.checkpoint_io import ForeignCheckpointError, latest_checkpoint
+
+    original = tmp_path / "original"
+    original.mkdir()
+    torch.save({"iter": 4, "run": "original"}, original / "iter_4.pth")
+    (original / "last_checkpoint").write_text(str(original / "iter_4.pth"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    path, _ = latest_checkpoint(copy)
+    assert path == str(copy / "iter_4.pth")
+    (copy / "iter_4.pth").unlink()  # the pointer now names only the original's file: refused, both dirs named
+    with pytest.raises(ForeignCheckpointError, match=r"names .*original/iter_4.pth, a checkpoint in another folder"):
+        latest_checkpoint(copy)
+    (copy / "last_checkpoint").write_text("iter_4.pth")  # a relative pointer is read inside the dir
+    torch.save({"iter": 4, "run": "copy"}, copy / "iter_4.pth")
+    assert latest_checkpoint(copy)[0] == str(copy / "iter_4.pth")
+
+
+def test_4_an_empty_referring_split_is_an_error_and_json_never_holds_nan(tmp_path):
+    import pickle
+
+    from tagalign.segmentation.evaluate import write_json
+    from tagalign.segmentation.referring import load_referring, referring_metrics
+
+    root = tmp_path / "refer"
+    (root / "refcoco").mkdir(parents=True)
+    (root / "images/mscoco/images/train2014").mkdir(parents=True)
+    instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+                 "annotations": [{"id": 5, "image_id": 1, "segmentation": [[0, 0, 5, 0, 5, 5]]}]}
+    (root / "refcoco/instances.json").write_text(json.dumps(instances))
+    for refs in ([], [{"ref_id": 0, "split": "val", "image_id": 1, "ann_id": 5, "sentences": []}],
+                 [{"ref_id": 0, "split": "testA", "image_id": 1, "ann_id": 5, "sentences": [{"sent_id": 0,
+                                                                                             "sent": "x"}]}]):
+        with open(root / "refcoco/refs(unc).p", "wb") as handle:
+            pickle.dump(refs, handle)
+        with pytest.raises(ValueError, match=r"split 'val' has no referring expression to score"):
+            load_referring(root, "refcoco", "val")
+    with pytest.raises(ValueError, match="no referring expression was scored"):
+        referring_metrics([], [])
+    with pytest.raises(ValueError):
+        write_json({"mIoU": float("nan")}, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+    result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--dataset", "refcoco", "--data-root",
+                             str(root), "--clip", "tagalign-tiny"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Not starting" in result.stderr and "no referring expression" in result.stderr
+
+
+def test_5_released_tags_header_duplicates_and_encodings(tmp_path):
+    from tagalign.tags.released import ReleasedTagsError, import_released, read_object_list
+
+    (tmp_path / "one.csv").write_text("category\ncat\ndog\n")
+    assert read_object_list(tmp_path / "one.csv") == ["cat", "dog"]
+    (tmp_path / "latin.csv").write_bytes("cat\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ReleasedTagsError, match=r"latin.csv, line 2: not UTF-8"):
+        read_object_list(tmp_path / "latin.csv")
+    (tmp_path / "mixed.csv").write_text("0,cat\n1,dog\nbird\n")
+    with pytest.raises(ReleasedTagsError, match=r"mixed.csv, line 3: 1 columns where line 1 has 2"):
+        read_object_list(tmp_path / "mixed.csv")
+    (tmp_path / "index.json").write_text('{"http://a": [0], "http://b": [1], "http://a": [0]}')
+    stats = import_released(tmp_path / "one.csv", tmp_path / "index.json", tmp_path / "out")
+    assert stats["labelled_samples"] == 2 and stats["duplicate_urls_merged"] == 1
+    store = LabelStore(tmp_path / "out/labels.sqlite")
+    assert list(store.get("http://a")) == [0] and list(store.get("http://b")) == [1]  # cat, dog: no shift by one
+    (tmp_path / "clash.json").write_text('{"http://a": [0], "http://a": [1]}')
+    with pytest.raises(ReleasedTagsError, match=r"clash.json: URL 'http://a' appears twice with different tags"):
+        import_released(tmp_path / "one.csv", tmp_path / "clash.json", tmp_path / "out2")
+
+
+def test_6_encoder_options_are_declared_validated_and_applied(tiny_clip):
+    from tagalign.models import TagAlign, dense_features
+    from tagalign.models.encoders import check_encoder
+
+    images = torch.randn(1, 3, 64, 64)
+    shallow = TagAlign(tiny_clip, encoder="surgery", encoder_options={"depth": 3})
+    assert shallow.surgery_layers == 3 and shallow.encoder_options == {}
+    assert torch.equal(shallow.encode_patches(images), TagAlign(tiny_clip, surgery_layers=3).encode_patches(images))
+    assert not torch.equal(shallow.encode_patches(images), TagAlign(tiny_clip).encode_patches(images))
+    bilinear = TagAlign(tiny_clip, encoder="clip_surgery", encoder_options={"depth": "2"})
+    assert bilinear.surgery_layers == 2
+    assert torch.equal(dense_features(tiny_clip, images, "clip_surgery", depth=2),
+                       dense_features(tiny_clip, images, "clip_surgery", depth="2"))
+    blocks = len(tiny_clip.visual.transformer.resblocks)
+    cases = {
+        ("surgery", "depth", 100): rf"must be <= {blocks} \(the number of blocks of this ViT\), got 100",
+        ("naclip", "sigma", 0): r"option 'sigma' must be > 0.0, got 0.0",
+        ("naclip", "sigma", "abc"): r"option 'sigma' must be a number \(float\), got 'abc'",
+        ("clearclip", "residual", "maybe"): r"option 'residual' must be true or false, got 'maybe'",
+        ("sclip", "sigma", 3): r"encoder 'sclip' has no option 'sigma'; its options: none",
+        ("naclip", "depth", 2): r"encoder 'naclip' has no option 'depth'; its options: sigma",
+    }
+    for (encoder, name, value), message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            TagAlign(tiny_clip, encoder=encoder, encoder_options={name: value})
+    assert check_encoder("clearclip", {"residual": "true"}) == {"residual": True}
+    for options, message in ((["sigma"], "'sigma' is not NAME=VALUE"), (["sigma=abc"], "must be a number"),
+                             (["depth=3"], "encoder 'naclip' has no option 'depth'")):
+        result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--dataset", "voc", "--encoder", "naclip",
+                                 "--encoder-options", *options], capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
+
+
+def test_7_tagging_benchmarks_that_cannot_be_scored_stop_before_the_model(tmp_path):
+    from tagalign.tagging.benchmark import read_benchmark
+
+    (tmp_path / "tags.txt").write_text("cat\ndog\n")
+    for name, content in {"empty.txt": "", "blank.txt": "\n  \n\n"}.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=rf"{name}: no image listed"):
+            read_benchmark(tmp_path / "tags.txt", tmp_path / name, tmp_path)
+    (tmp_path / "untagged.txt").write_text("a.jpg\nb.jpg,\n")
+    with pytest.raises(ValueError, match=r"untagged.txt: none of its 2 images carries a tag"):
+        read_benchmark(tmp_path / "tags.txt", tmp_path / "untagged.txt", tmp_path)
+    (tmp_path / "latin.txt").write_bytes("a.jpg,cat\nb.jpg,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.txt:2: not UTF-8"):
+        read_benchmark(tmp_path / "tags.txt", tmp_path / "latin.txt", tmp_path)
+    (tmp_path / "twice.txt").write_text("a.jpg,cat\nb.jpg,dog\na.jpg,cat\n")
+    benchmark = read_benchmark(tmp_path / "tags.txt", tmp_path / "twice.txt", tmp_path)
+    assert [p.name for p in benchmark.images] == ["a.jpg", "b.jpg"] and benchmark.targets.sum() == 2
+    (tmp_path / "clash.txt").write_text("a.jpg,cat\na.jpg,dog\n")
+    with pytest.raises(ValueError, match=r"clash.txt:2: image 'a.jpg' is listed again with other tags"):
+        read_benchmark(tmp_path / "tags.txt", tmp_path / "clash.txt", tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--task", "tagging", "--dataset", "custom",
+                             "--taglist", str(tmp_path / "tags.txt"), "--annots", str(tmp_path / "blank.txt"),
+                             "--images", str(tmp_path), "--clip", "tagalign-tiny"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Not starting" in result.stderr and "no image listed" in result.stderr
+
+
+def test_8_describe_checks_its_inputs_before_the_engine(tmp_path):
+    def describe(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "tools/parse_tags.py"), "describe", str(tmp_path / "out"),
+                               "--model", "no-such-model", *extra], capture_output=True, text=True)
+
+    (tmp_path / "tags.txt").write_text("cat\n")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "latin.txt").write_bytes("cat\ncaf\xe9\n".encode("latin-1"))
+    cases = {("--tags", str(tmp_path / "empty.txt")): "empty.txt: no tag in the file",
+             ("--tags", str(tmp_path / "latin.txt")): "latin.txt:2: not UTF-8",
+             ("--tags", str(tmp_path / "tags.txt"), "--chunk-size", "0"): "chunk_size must be a whole number >= 1",
+             ("--tags", str(tmp_path / "tags.txt"), "--samples", "0"): "samples must be a whole number >= 1"}
+    for extra, message in cases.items():
+        result = describe(*extra)
+        assert result.returncode != 0 and "Not starting" in result.stderr and message in result.stderr, extra
+
+
+def test_9_web_app_unreadable_uploads_synonym_limits_and_legible_titles(tiny_clip, tmp_path):
+    from tagalign.models import TagAlign
+    from tagalign.visualize import heatmap_grid, text_size
+    from tagalign.webapp import MAX_QUERIES, SegmentationDemo, UnreadableUpload
+
+    demo = SegmentationDemo(TagAlign(tiny_clip).eval())
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    status = demo.run(str(tmp_path / "fake.png"), "red").status
+    assert status.startswith("Could not read this image") and str(tmp_path) not in status
+    assert "Could not read this image: not a readable image file" in demo.run(UnreadableUpload(
+        "not a readable image file (OSError)"), "red").status
+    synonyms = ", ".join(f"word{i}" for i in range(500))
+    assert f"500 texts to encode (queries and their synonyms): at most {MAX_QUERIES}" in demo.run(
+        np.zeros((64, 64, 3), np.uint8), synonyms).status
+    # three queries on a 1024-pixel image, two rows, shown 1400 pixels wide: titles at least 12 pixels tall
+    grid = heatmap_grid(np.zeros((1024, 1024, 3), np.uint8), np.zeros((2, 3, 1024, 1024)), ["a", "b", "c"],
+                        rows=["TagAlign", "CLIP surgery"])
+    assert text_size(1024) * 1400 / grid.width >= 12
+
+
+def test_10_a_truncated_tag_embedding_file_is_named(tmp_path):
+    from tagalign.tags.embed import load_tag_embeddings
+
+    torch.save({"embeddings": torch.randn(50, 8), "tags": ["t"] * 50}, tmp_path / "tag_embeddings.pt")
+    data = (tmp_path / "tag_embeddings.pt").read_bytes()
+    (tmp_path / "tag_embeddings.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"tag_embeddings.pt: cannot read the tag embeddings .* truncated copy"):
+        load_tag_embeddings(tmp_path / "tag_embeddings.pt")

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tagalign.models import TagAlign, load_clip, save_checkpoint
+from tagalign.visualize import text_size
 from tagalign.webapp import MAX_HEATMAPS, SegmentationDemo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ def test_a_request_segments_lists_queries_and_reuses_image_features(demo):
     first = demo.run(image, "red\nblue, navy")
     assert first.overlay.shape == (120, 200, 3) and "features computed" in first.status
     assert ">red<" in first.legend and ">blue<" in first.legend
-    assert first.heatmaps.shape[1] == 3 * 200 and first.heatmaps.shape[0] == 2 * (120 + 16)  # 2 rows: TagAlign, CLIP
+    label = text_size(200) + 8  # each row's title band
+    assert first.heatmaps.shape[1] == 3 * 200 and first.heatmaps.shape[0] == 2 * (120 + label)  # rows: TagAlign, CLIP
     second = demo.run(image, "green\nsquare")
     assert "features reused" in second.status and ">green<" in second.legend
     third = demo.run(_image(seed=1), "green")
@@ -116,6 +118,14 @@ def test_the_page_in_a_real_browser(tiny_clip, tmp_path):
         web_driver.replace_text(browser.find_element(By.CSS_SELECTOR, "#queries textarea"), "")
         browser.find_element(By.CSS_SELECTOR, "#submit").click()
         WebDriverWait(browser, 60).until(lambda b: "at least one query" in b.find_element(By.ID, "status").text)
+        # a PNG header followed by garbage: the app's own message, no server path, and the status is this request's
+        (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+        web_driver.replace_text(browser.find_element(By.CSS_SELECTOR, "#queries textarea"), "red")
+        web_driver.upload(browser, tmp_path / "fake.png")
+        browser.find_element(By.CSS_SELECTOR, "#submit").click()
+        WebDriverWait(browser, 60).until(lambda b: "Could not read this image" in b.find_element(By.ID, "status").text)
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert str(tmp_path) not in page and "Could not preprocess" not in page and "/tmp/" not in page
     except Exception:
         if browser is not None:  # what the page showed, for the failure report
             browser.save_screenshot(str(tmp_path / "failure.png"))

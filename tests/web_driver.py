@@ -73,6 +73,21 @@ def run_queries(page, url: str, image: Path, query_sets: list[str], timeout: flo
     return statuses
 
 
+def upload(page, image: Path, timeout: float = 30) -> None:
+    """Put ``image`` into the image input, clearing the one shown first (Gradio hides its file input then)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not page.find_elements(By.CSS_SELECTOR, "#image input[type=file]"):
+        clear = [b for b in page.find_elements(By.CSS_SELECTOR, "#image button")
+                 if "clear" in (b.get_attribute("aria-label") or b.get_attribute("title") or "").lower()]
+        assert clear, "no way to clear the image input"
+        clear[0].click()
+        WebDriverWait(page, timeout).until(lambda p: p.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+    page.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(image))
+    time.sleep(1.0)  # let the upload land before submitting
+
+
 def overlay_size(page) -> tuple[int, int] | None:
     return page.execute_script("const img = document.querySelector('#overlay img');"
                                "return img && img.complete ? [img.naturalWidth, img.naturalHeight] : null;")

@@ -31,9 +31,10 @@ from tagalign.feature_cache import PatchFeatureCache  # noqa: E402
 from tagalign.inference import parse_texts  # noqa: E402
 from tagalign.models import TagAlign  # noqa: E402
 from tagalign.models.description_file import load_descriptions  # noqa: E402
+from tagalign.output_names import unique_stems  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # any letter case
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,10 +69,10 @@ def _images(args) -> list[tuple[str, np.ndarray | Path]]:
         return [("shapes", scene.image)]
     path = Path(args.image)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-        return [(p.stem, p) for p in files]
+        return list(zip(unique_stems(files), files))  # photo.jpg and photo.png get photo_jpg_* and photo_png_*
     if not path.is_file():
         raise SystemExit(f"image '{path}' does not exist")
     return [(path.stem, path)]
@@ -105,7 +106,7 @@ def main() -> None:
     options = dict(background=not args.no_background, slide=not args.whole, bg_thresh=args.bg_thresh,
                    short_side=args.short_side, descriptions=descriptions)
     parse_texts(args.texts)  # duplicate or empty queries: stop before any image
-    failed = []
+    failed, outputs = [], []
     for name, source in tqdm(images, desc="images", disable=len(images) == 1):
         try:
             array = load_image(source)
@@ -118,15 +119,17 @@ def main() -> None:
         if baseline is not None:
             rows.append("CLIP surgery (untrained)")
             maps.append(tagalign.segment(baseline, array, args.texts, **options).probabilities)
-        overlay(array, result.labels, result.names).save(out / f"{name}_overlay.png")
-        heatmap_grid(array, np.stack(maps), result.classes, rows=rows).save(out / f"{name}_heatmaps.png")
+        written = [out / f"{name}_overlay.png", out / f"{name}_heatmaps.png"]
+        overlay(array, result.labels, result.names).save(written[0])
+        heatmap_grid(array, np.stack(maps), result.classes, rows=rows).save(written[1])
         areas = ", ".join(f"{text} {100 * area:.1f}%" for text, area in result.areas.items())
-        print(f"{name}: {areas}")
+        print(f"{name}: {areas} -> {', '.join(p.name for p in written)}")
+        outputs.extend(written)
         if args.tags:
             tags = tagalign.tag(model, array, top_k=args.tags, vocab=vocab, descriptions=descriptions,
                                 prompts=args.tag_prompts)
             print("  tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
-    print(f"wrote overlays and heatmaps of {len(images) - len(failed)} image(s) to {out}")
+    print(f"wrote {len(outputs)} files ({len(images) - len(failed)} image(s): overlay and heatmaps) to {out}")
     if failed:
         raise SystemExit(f"{len(failed)} of {len(images)} image(s) could not be segmented: {', '.join(failed)}")
 

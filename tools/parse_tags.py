@@ -112,15 +112,20 @@ def run_embed(args: argparse.Namespace) -> None:
 
 
 def run_describe(args: argparse.Namespace) -> dict:
-    from tagalign.tagging.describe import DescribeSettings, VLLMDescriber, describe_tags
+    from tagalign.tagging.describe import DescribeSettings, VLLMDescriber, describe_tags, read_tag_file
     from tagalign.tags.vocab import TagVocab
 
-    if args.tags:
-        tags = [line.strip() for line in Path(args.tags).read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        tags = TagVocab.load(Path(args.out) / "vocab.csv").tags
-    settings = DescribeSettings(samples=args.samples, temperature=args.temperature, max_tokens=args.max_tokens,
-                                seed=args.seed, chunk_size=args.chunk_size)
+    try:  # every input is checked before the engine starts
+        if args.tags:
+            tags = read_tag_file(args.tags)
+        else:
+            tags = TagVocab.load(Path(args.out) / "vocab.csv").tags
+            if not tags:
+                raise ValueError(f"{Path(args.out) / 'vocab.csv'} holds no tag")
+        settings = DescribeSettings(samples=args.samples, temperature=args.temperature, max_tokens=args.max_tokens,
+                                    seed=args.seed, chunk_size=args.chunk_size)
+    except (OSError, ValueError) as err:
+        sys.exit(f"Not starting: {err}")
     describer = VLLMDescriber(args.model, tensor_parallel_size=args.tensor_parallel_size,
                               max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
                               dtype=args.dtype, enforce_eager=args.enforce_eager)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import DictAction  # noqa: E402
 
 from tagalign.errors import MissingDatasetError  # noqa: E402
-from tagalign.models.encoders import ENCODERS  # noqa: E402
+from tagalign.models.encoders import ENCODERS, check_encoder, describe_options  # noqa: E402
 from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
 from tagalign.segmentation.benchmarks import (  # noqa: E402
     BENCHMARKS,
@@ -53,6 +53,31 @@ from tagalign.segmentation.protocols import PRESETS, PROTOCOLS  # noqa: E402
 from tagalign.segmentation.referring import BINARIZE_MODES, REFERRING  # noqa: E402
 from tagalign.tagging.benchmark import TAGGING_BENCHMARKS  # noqa: E402
 from tagalign.tagging.evaluate import PROMPTS, SCORINGS  # noqa: E402
+
+
+def _option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE (e.g. sigma=3.0)")
+    return name.strip(), value.strip()
+
+
+def _check_encoder_options(args) -> None:
+    """Refuse unknown, mistyped or out-of-range encoder options before any model or dataset is loaded."""
+    args.encoder_options = dict(args.encoder_options) if args.encoder_options else None
+    if not args.encoder_options:
+        return
+    if args.encoder == "all":
+        sys.exit("Not starting: --encoder-options belongs to one encoder; leave it out with --encoder all")
+    encoder = args.encoder or (PRESETS[args.preset][1] if args.preset else None)
+    if encoder is None and args.checkpoint:
+        from tagalign.models.checkpoint import read_checkpoint
+
+        encoder = read_checkpoint(args.checkpoint)["config"].get("encoder", "surgery")
+    try:
+        args.encoder_options = check_encoder(encoder or "surgery", args.encoder_options)
+    except ValueError as err:
+        sys.exit(f"Not starting: {err}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +99,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder", choices=[*ENCODERS, "all"],
                         help="dense encoder (default: the checkpoint's, the preset's, or surgery); all: every "
                              "training-free encoder, one comparison table")
-    parser.add_argument("--encoder-options", nargs="+", action=DictAction, help="encoder options, e.g. sigma=3.0")
+    parser.add_argument("--encoder-options", nargs="+", type=_option, metavar="NAME=VALUE",
+                        help="options of the chosen encoder, e.g. sigma=3.0; each encoder's: "
+                             + " | ".join(f"{name}: {describe_options(fn)}" for name, fn in ENCODERS.items()))
     parser.add_argument("--protocol", choices=PROTOCOLS, help="evaluation family (default: the preset's, or tagalign)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a method's own settings (and its encoder)")
     # single switches; unset ones come from the protocol/preset table for each dataset
@@ -159,12 +186,16 @@ def run_referring(args) -> None:
     import os
 
     import tagalign
-    from tagalign.segmentation.referring import evaluate_referring, format_referring_table
+    from tagalign.segmentation.referring import evaluate_referring, format_referring_table, load_referring
 
     if args.encoder == "all" or args.protocol != "tagalign" or args.preset:
         sys.exit("Not starting: referring segmentation has one protocol (docs/referring.md) and one encoder per run; "
                  "--encoder all, --protocol and --preset are for the semantic benchmarks")
     root = args.data_root or os.environ.get("TAGALIGN_DATA_REFER", "data/refer")
+    try:  # the split's files and expressions are checked before the model is loaded
+        load_referring(root, args.dataset, args.split or "val")
+    except (MissingDatasetError, ValueError) as err:
+        sys.exit(f"Not starting: {err}")
     device = _init_distributed(args.launcher)
     model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained, device=device,
                           encoder=args.encoder, encoder_options=args.encoder_options)
@@ -301,6 +332,7 @@ def run_comparison(args, keys: list[str]) -> None:
 
 def main() -> None:
     args = parse_args()
+    _check_encoder_options(args)
     if args.protocol is None:
         args.protocol = PRESETS[args.preset][0] if args.preset else "tagalign"
     if (args.task == "tagging") != (args.dataset in (*TAGGING_BENCHMARKS, "custom")):

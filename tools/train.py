@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from tagalign.training.checkpoint_io import ForeignCheckpointError  # noqa: E402
 from tagalign.training.run import train  # noqa: E402
 
 
@@ -33,7 +34,10 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    train(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
+    try:
+        train(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
+    except ForeignCheckpointError as err:
+        sys.exit(f"Not resuming: {err}")
 
 
 if __name__ == "__main__":

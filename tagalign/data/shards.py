@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tags.labels import LabelStore
 from ..tags.parse import CJK_CHARACTERS
+from .decode import decode_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -270,8 +271,7 @@ class TagShardDataset(IterableDataset):
         return None if key is None else self.labels.get(str(key))
 
     def _decode(self, raw: dict, position: int, stream: int) -> dict:
-        with Image.open(io.BytesIO(raw["image"])) as pil:
-            image = pil.convert("RGB")
+        image = Image.fromarray(decode_bytes(raw["image"], source=f"sample {raw['key']}"))
         if self.transform is not None:
             state = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
             sample_seed = hash((self.seed, stream, position)) % (2**31)

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .decode import open_rgb, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,20 +27,14 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-    """An RGB uint8 ``[H, W, 3]`` array from a path, PIL image or array; unreadable files name the path."""
+    """An RGB uint8 ``[H, W, 3]`` array from a path, PIL image or array, by :mod:`tagalign.data.decode`'s rules (16-bit
+    grey scaled, transparency composited, EXIF orientation applied); unreadable files name the path."""
     if isinstance(image, np.ndarray):
         array = image if image.ndim == 3 else np.stack([image] * 3, axis=-1)
         return np.ascontiguousarray(array[..., :3]).astype(np.uint8)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    try:
-        with Image.open(image) as pil:
-            return np.asarray(pil.convert("RGB"))
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"refusing image '{image}': {err} Downscale it first (or raise PIL.Image.MAX_IMAGE_PIXELS "
-                         f"if you trust it).") from err
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read image '{image}': {err}") from err
+        return to_rgb(image)
+    return open_rgb(image)
 
 
 def resize_short_side(image: np.ndarray, short: int = 448, long_max: int = 2048) -> np.ndarray:

@@ -22,6 +22,7 @@ from .checkpoint import CheckpointMismatchError
 from .encoders import (
     ENCODERS,
     POS_INTERPOLATIONS,
+    check_encoder,
     global_token,
     surgery_patch_tokens,
     surgery_tokens,
@@ -113,8 +114,13 @@ class TagAlign(DenseScoring, nn.Module):
         tag_reweight: bool = False,
     ):
         super().__init__()
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder '{encoder}'; choose from {sorted(ENCODERS)}")
+        encoder_options = check_encoder(encoder, encoder_options, clip_model.visual)
+        if encoder in _SURGERY_ENCODERS and "depth" in encoder_options:
+            # the surgery encoders' depth is the model's surgery_layers: one setting, recorded once in checkpoints
+            depth = encoder_options.pop("depth")
+            if depth != surgery_layers and surgery_layers != 6:
+                raise ValueError(f"encoder option depth={depth} contradicts surgery_layers={surgery_layers}")
+            surgery_layers = depth
         validate_surgery_depth(clip_model.visual, surgery_layers if encoder in _SURGERY_ENCODERS else 1)
         if pos_interpolation not in POS_INTERPOLATIONS:
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got '{pos_interpolation}'")

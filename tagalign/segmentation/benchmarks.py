@@ -28,7 +28,7 @@ class BenchmarkSpec:
     ann_file: str = ""  # split list relative to the dataset root ("" = every image in img_path)
     short_side: int = 448
     long_side: int = 2048
-    load_image: str = "LoadImageFromFile"
+    load_image: str = "LoadRGBImageFromFile"
     load_annotations: str = "LoadAnnotations"
     ignore_index: int = 255
 

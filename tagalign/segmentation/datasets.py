@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import mmcv
 import numpy as np
-from mmcv.transforms import BaseTransform, LoadImageFromFile
+from mmcv.transforms import BaseTransform
 from mmseg.datasets import BaseSegDataset, COCOStuffDataset, PascalVOCDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
 from ..data.synthetic import EVAL_CLASSES, SHAPE_CLASSES
 from .imagenets_classes import IMAGENETS50, IMAGENETS300, IMAGENETS919
+from .loading import LoadRGBImageFromFile
 
 __all__ = [
     "COCOObjectDataset",
@@ -64,7 +65,7 @@ IMAGENETS_MAX_PIXELS = 1000 * 1000
 
 
 @TRANSFORMS.register_module(force=True)
-class LoadImageNetSImageFromFile(LoadImageFromFile):
+class LoadImageNetSImageFromFile(LoadRGBImageFromFile):
     """Load an ImageNet-S image; one with more than 1000x1000 pixels is first resized (bilinear) so its long side is
     1000, and that size becomes ``ori_shape`` (the prediction is later nearest-resized to the ground truth)."""
 

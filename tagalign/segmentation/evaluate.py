@@ -304,4 +304,4 @@ def comparison_table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def write_json(results: dict, path: str | os.PathLike) -> None:
-    atomic_write_text(path, json.dumps(results, indent=2))
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False))  # a NaN is a bug: fail, never write it

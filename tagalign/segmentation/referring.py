@@ -102,9 +102,11 @@ def load_referring(root: str | os.PathLike, dataset: str, split: str) -> list[Re
     annotations = {ann["id"]: ann for ann in instances["annotations"]}
     image_dir = _image_dir(root)
     samples = []
+    in_split = 0
     for ref in refs:
         if ref["split"] != split:
             continue
+        in_split += 1
         ann = annotations.get(ref["ann_id"])
         if ann is None:
             raise ValueError(f"{refs_file}: ref {ref['ref_id']} points to annotation {ref['ann_id']}, which "
@@ -119,10 +121,16 @@ def load_referring(root: str | os.PathLike, dataset: str, split: str) -> list[Re
             raise ValueError(f"{instances_file}: annotation {ann['id']} (ref {ref['ref_id']}) has an empty "
                              f"segmentation")
         ann = {**ann, "height": image["height"], "width": image["width"]}
-        for sentence in ref["sentences"]:
-            text = sentence.get("raw") or sentence.get("sent") or ""
+        for sentence in ref.get("sentences") or []:
+            text = (sentence.get("raw") or sentence.get("sent") or "").strip()
+            if not text:
+                raise ValueError(f"{refs_file}: ref {ref['ref_id']} has an empty sentence (sent_id "
+                                 f"{sentence.get('sent_id')}); expected the expression's text in 'raw' or 'sent'")
             samples.append(ReferringSample(sentence["sent_id"], ref["ref_id"], image_dir / image["file_name"],
-                                           text.strip(), ann))
+                                           text, ann))
+    if not samples:
+        raise ValueError(f"{refs_file}: split '{split}' has no referring expression to score ({in_split} refs in the "
+                         f"split, {len(refs)} in the file, none with a sentence): nothing to evaluate")
     return samples
 
 
@@ -163,13 +171,13 @@ def binarize(probability: torch.Tensor, mode: str, threshold: float,
 
 
 def referring_metrics(intersections: Sequence[float], unions: Sequence[float]) -> dict:
-    """mIoU (empty union counts 0), oIoU and precision at IoU 0.5, in percent."""
+    """mIoU (empty union counts 0), oIoU and precision at IoU 0.5, in percent; at least one expression."""
     inter, union = np.asarray(intersections, float), np.asarray(unions, float)
+    if not len(inter):
+        raise ValueError("no referring expression was scored: the metrics of an empty split are undefined")
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return {"mIoU": float(iou.mean() * 100) if len(iou) else float("nan"),
-            "oIoU": float(inter.sum() / max(union.sum(), 1) * 100),
-            "precision@0.5": float((iou >= 0.5).mean() * 100) if len(iou) else float("nan"),
-            "num_expressions": len(iou)}
+    return {"mIoU": float(iou.mean() * 100), "oIoU": float(inter.sum() / max(union.sum(), 1) * 100),
+            "precision@0.5": float((iou >= 0.5).mean() * 100), "num_expressions": len(iou)}
 
 
 @torch.no_grad()

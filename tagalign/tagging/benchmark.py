@@ -88,7 +88,12 @@ class TaggingBenchmark:
 
 def _lines(path: Path) -> list[str]:
     """The file's lines; a last line without "\\n" is kept (HICO's and ImageNet's files have none)."""
-    return path.read_text(encoding="utf-8").split("\n")
+    try:
+        return path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {err.reason}); expected one entry per "
+                         f"line in UTF-8") from None
 
 
 _INDICES = re.compile(r"\d+( \d+)*")
@@ -108,17 +113,36 @@ def read_benchmark(taglist: str | os.PathLike, annots: str | os.PathLike, images
         if not path.is_file():
             raise MissingDatasetError(f"tagging benchmark '{name}': {path} does not exist (docs/tagging.md)")
     tags = [line.strip() for line in _lines(taglist) if line.strip()]
+    if not tags:
+        raise ValueError(f"{taglist}: no tag in the taglist (the file is empty or blank); expected one tag per line")
     columns: dict[str, list[int]] = {}
     for index, tag in enumerate(tags):
         columns.setdefault(tag, []).append(index)  # duplicate names share targets, as in RAM's metric code
     rows: list[tuple[int, list[str]]] = []
     paths: list[Path] = []
+    first_line: dict[Path, tuple[int, list[str]]] = {}
+    repeated = 0
     for number, line in enumerate(_lines(annots), start=1):
         if not line.strip():
             continue
         image, _, rest = line.strip().partition(",")
-        paths.append(images / (image if Path(image).suffix else f"{image}.jpg"))
-        rows.append((number, [f for f in rest.split(",") if f.strip()]))
+        path = images / (image if Path(image).suffix else f"{image}.jpg")
+        fields = [f.strip() for f in rest.split(",") if f.strip()]
+        if path in first_line:  # an image listed twice would be scored twice
+            earlier, earlier_fields = first_line[path]
+            if sorted(earlier_fields) != sorted(fields):
+                raise ValueError(f"{annots}:{number}: image {image!r} is listed again with other tags (first at line "
+                                 f"{earlier}); expected each image once")
+            repeated += 1
+            continue
+        first_line[path] = (number, fields)
+        paths.append(path)
+        rows.append((number, fields))
+    if not rows:
+        raise ValueError(f"{annots}: no image listed (the file is empty or blank); expected lines "
+                         f"'image,tag,tag,...'")
+    if repeated:
+        logger.warning("%s: %d image(s) listed twice with the same tags; each is scored once", annots, repeated)
     if annots_format == "auto":
         annots_format = _detect_format(rows)
     if annots_format not in ("names", "indices"):
@@ -137,6 +161,9 @@ def read_benchmark(taglist: str | os.PathLike, annots: str | os.PathLike, images
                     raise ValueError(f"{annots}:{number}: expected 0-based indices into the {len(tags)} tags of "
                                      f"{taglist.name}, got {value!r}")
                 targets[row, int(value)] = True
+    if not targets.any():
+        raise ValueError(f"{annots}: none of its {len(rows)} images carries a tag of {taglist.name}: mAP, CP and CR "
+                         f"are undefined; expected at least one tagged image")
     return TaggingBenchmark(name, tags, paths, targets, spec)
 
 

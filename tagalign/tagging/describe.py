@@ -45,6 +45,32 @@ class DescribeSettings:
     seed: int = 0
     chunk_size: int = 100  # tags per part file
 
+    def __post_init__(self) -> None:
+        for name in ("samples", "max_tokens", "chunk_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"describe: {name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"describe: temperature must be >= 0, got {self.temperature!r}")
+        if not self.prompts:
+            raise ValueError("describe: at least one prompt is needed")
+
+
+def read_tag_file(path: str | os.PathLike) -> list[str]:
+    """The tags of a taglist file, one per line (blank lines skipped); errors name the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {err.reason}); expected one tag per "
+                         f"line in UTF-8") from None
+    except OSError as err:
+        raise ValueError(f"cannot read the tag file {path}: {err}") from None
+    tags = [line.strip() for line in text.splitlines() if line.strip()]
+    if not tags:
+        raise ValueError(f"{path}: no tag in the file (empty or blank); expected one tag per line")
+    return tags
+
 
 class Describer(Protocol):
     def describe(self, requests: Sequence[str], seeds: Sequence[int],

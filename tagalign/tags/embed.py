@@ -90,7 +90,13 @@ def load_tag_embeddings(path: str | Path) -> dict:
     """The payload written by :func:`embed_vocab` (``embeddings``, ``tags``, ``kinds``, ``vocab_hash``, ``clip``)."""
     import torch
 
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch/pickle raise many kinds for a truncated or foreign file
+        raise ValueError(f"{path}: cannot read the tag embeddings ({type(err).__name__}: {err}). Expected the file "
+                         f"tools/parse_tags.py embed writes; a truncated copy? Run the embed stage again.") from err
     if not isinstance(payload, dict) or "embeddings" not in payload:
         raise ValueError(f"{path} is not a tag-embedding file written by tools/parse_tags.py embed")
     return payload

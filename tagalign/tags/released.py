@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReleasedTagsError", "import_released", "read_object_list"]
 
 _HEADER_WORDS = {"tag", "tags", "name", "names", "object", "objects", "label", "labels", "class", "classes", "word",
-                 "index", "id", "idx"}
+                 "words", "index", "id", "idx", "category", "categories", "category_name", "object_name", "tag_name",
+                 "class_name", "label_name", "vocab", "vocabulary", "term", "terms", "noun", "nouns", "text"}
 
 
 class ReleasedTagsError(ValueError):
@@ -36,28 +37,43 @@ def _is_int(text: str) -> bool:
 def read_object_list(path: str | Path) -> list[str]:
     """The tag names of ``object_list.csv`` in index order (one column, or index + tag; optional header)."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    if not rows:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            numbered = [(number, row) for number, row in enumerate(csv.reader(handle), start=1)
+                        if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ReleasedTagsError(f"{path}, line {line}: not UTF-8 text (byte {err.start}: {err.reason}); expected a "
+                                f"UTF-8 CSV") from None
+    except csv.Error as err:
+        raise ReleasedTagsError(f"{path}: not a readable CSV ({err})") from None
+    if not numbered:
         raise ReleasedTagsError(f"{path}: no tags (the file is empty)")
-    widths = {len(row) for row in rows[1:]} or {len(rows[0])}
-    if len(widths) != 1 or widths.pop() not in (1, 2):
-        raise ReleasedTagsError(f"{path}: expected one column (tag) or two (index, tag) on every row; found rows of "
-                                f"{sorted({len(r) for r in rows})} columns")
+    width = len(numbered[0][1])
+    if width not in (1, 2):
+        raise ReleasedTagsError(f"{path}, line {numbered[0][0]}: expected one column (tag) or two (index, tag); found "
+                                f"{width}")
+    for number, row in numbered:
+        if len(row) != width:
+            raise ReleasedTagsError(f"{path}, line {number}: {len(row)} columns where line {numbered[0][0]} has "
+                                    f"{width}; expected the same columns (tag, or index and tag) on every line")
+    lines = [number for number, _ in numbered]
+    rows = [row for _, row in numbered]
     first = rows[0]
-    two_columns = len(first) == 2
+    two_columns = width == 2
     header = (two_columns and not _is_int(first[0])) or (not two_columns and first[0].strip().lower() in _HEADER_WORDS)
     if header:
-        rows = rows[1:]
+        logger.info("%s: line %d (%s) read as a header, not a tag", path, lines[0], ",".join(first))
+        rows, lines = rows[1:], lines[1:]
     if not two_columns:
         tags = [row[0].strip() for row in rows]
     else:
         tags_by_index: dict[int, str] = {}
-        for line, (index, tag) in enumerate(rows, start=2 if header else 1):
+        for line, (index, tag) in zip(lines, rows):
             if not _is_int(index):
-                raise ReleasedTagsError(f"{path}, row {line}: index '{index}' is not an integer")
+                raise ReleasedTagsError(f"{path}, line {line}: index '{index}' is not an integer")
             if int(index) in tags_by_index:
-                raise ReleasedTagsError(f"{path}, row {line}: index {index} appears twice")
+                raise ReleasedTagsError(f"{path}, line {line}: index {index} appears twice")
             tags_by_index[int(index)] = tag.strip()
         if sorted(tags_by_index) != list(range(len(tags_by_index))):
             missing = sorted(set(range(len(tags_by_index))) - set(tags_by_index))[:5]
@@ -73,10 +89,38 @@ def read_object_list(path: str | Path) -> list[str]:
     return tags
 
 
-def _read_index(path: Path, num_tags: int) -> dict[str, list[int]]:
+def _same_tags(first: object, second: object) -> bool:
+    if isinstance(first, list) and isinstance(second, list):
+        try:
+            return sorted(set(first)) == sorted(set(second))
+        except TypeError:  # unhashable entries: the record check below names them
+            return first == second
+    return first == second
+
+
+def _read_index(path: Path, num_tags: int, tally: Counter) -> dict[str, list[int]]:
+    """``{url: tag indices}``; a URL repeated with the same tags is kept once (counted in ``tally``), a URL repeated
+    with other tags is refused (which record would be right cannot be known)."""
+
+    def unique_urls(pairs: list[tuple[str, object]]) -> dict:
+        result: dict = {}
+        for url, ids in pairs:
+            if url in result:
+                if not _same_tags(result[url], ids):
+                    raise ReleasedTagsError(f"{path}: URL {url!r} appears twice with different tags "
+                                            f"({result[url]!r} and {ids!r}); expected each image URL once")
+                tally["duplicate_urls"] += 1
+                continue
+            result[url] = ids
+        return result
+
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_urls)
+    except UnicodeDecodeError as err:
+        raise ReleasedTagsError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except ValueError as err:
+        if isinstance(err, ReleasedTagsError):
+            raise
         raise ReleasedTagsError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(index, dict):
         raise ReleasedTagsError(f"{path}: expected an object {{image URL: [tag indices]}}, got a "
@@ -97,12 +141,17 @@ def import_released(object_list: str | Path, url_index: str | Path, out_dir: str
 
     object_list, url_index = Path(object_list), Path(url_index)
     tags = read_object_list(object_list)
-    index = _read_index(url_index, len(tags))
+    tally: Counter = Counter()
+    index = _read_index(url_index, len(tags), tally)
+    if tally["duplicate_urls"]:
+        logger.warning("%s: %d URL(s) listed twice with the same tags; each is kept once", url_index,
+                       tally["duplicate_urls"])
     counts = Counter(i for ids in index.values() for i in set(ids))
     vocab = TagVocab(tags, ["object"] * len(tags), [counts.get(i, 0) for i in range(len(tags))])
     rows = ((url, sorted(set(ids))) for url, ids in index.items())
     extra = {"source": "released", "object_list": str(object_list), "url_index": str(url_index),
-             "label_key": "url", "samples_without_vocab_tags": sum(not ids for ids in index.values())}
+             "label_key": "url", "samples_without_vocab_tags": sum(not ids for ids in index.values()),
+             "duplicate_urls_merged": tally["duplicate_urls"]}
     stats = write_merge_outputs(Path(out_dir), vocab, rows, extra)
     logger.info("imported %d released tags and the tags of %d image URLs into %s", len(tags), len(index), out_dir)
     return stats

@@ -8,8 +8,9 @@ itself, so they are loaded as full pickles here. Remote schemes (http, s3, ...) 
 Writing: mmengine's local file backend opens the target and writes into it, so a job killed during a save leaves a
 truncated ``iter_N.pth``. The backend registered here writes a temporary file beside the target, syncs it and
 renames it over the target: a checkpoint file is complete or absent. mmengine writes its ``last_checkpoint``
-pointer with a plain ``open``; :func:`latest_checkpoint` therefore also accepts an empty or dangling pointer and
-falls back to the newest ``iter_N.pth``.
+pointer with a plain ``open`` and an absolute path; :func:`latest_checkpoint` therefore also accepts an empty or
+dangling pointer and falls back to the newest ``iter_N.pth``, and resolves the pointer inside the work dir it
+resumes (a copied dir never continues the original's run).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["AtomicLocalBackend", "atomic_write_bytes", "latest_checkpoint", "load_local_training_checkpoint",
-           "readable_checkpoint"]
+__all__ = ["AtomicLocalBackend", "ForeignCheckpointError", "atomic_write_bytes", "latest_checkpoint",
+           "load_local_training_checkpoint", "readable_checkpoint"]
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)
@@ -42,7 +43,7 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[str | None, str]:
     names an existing file, else the ``iter_N.pth`` with the largest N, else ``None``."""
     work_dir = Path(work_dir)
     pointer = work_dir / "last_checkpoint"
-    named = pointer.read_text().strip() if pointer.is_file() else ""
+    named = _inside(work_dir, pointer.read_text().strip()) if pointer.is_file() else ""
     if named and Path(named).is_file() and readable_checkpoint(named):
         return named, f"{pointer} names it"
     iterations = sorted(
@@ -63,6 +64,29 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[str | None, str]:
     if damaged:
         return None, f"{reason}; every iteration checkpoint in {work_dir} is damaged: {', '.join(damaged)}"
     return None, f"no checkpoint in {work_dir}"
+
+
+class ForeignCheckpointError(RuntimeError):
+    """A work dir's resume pointer names a checkpoint of another folder: another run's, never to be continued."""
+
+
+def _inside(work_dir: Path, named: str) -> str:
+    """The pointer's checkpoint resolved inside ``work_dir``: mmengine writes an absolute path, which after the dir is
+    copied or moved names the *original* dir. The same file name inside ``work_dir`` is used; a pointer into
+    another folder with no such file here is refused, naming both folders."""
+    if not named:
+        return ""
+    target = Path(named) if Path(named).is_absolute() else work_dir / named
+    if target.parent.resolve() == work_dir.resolve():
+        return str(target)
+    local = work_dir / target.name
+    if local.is_file():
+        return str(local)
+    raise ForeignCheckpointError(
+        f"{work_dir / 'last_checkpoint'} names {target}, a checkpoint in another folder ({target.parent}), and "
+        f"{work_dir} has no {target.name} of its own. A work dir resumes only its own checkpoints: this one was "
+        f"probably copied or moved from {target.parent}. Copy the checkpoint into {work_dir}, or delete "
+        f"{work_dir / 'last_checkpoint'} to resume from {work_dir}'s newest iter_N.pth.")
 
 
 def readable_checkpoint(path: str | os.PathLike) -> bool:

@@ -4,14 +4,17 @@
   plain block);
 - :mod:`.plain`: ``vanilla`` and ``maskclip``; :mod:`.sclip_family`: ``sclip``, ``clearclip``, ``naclip``;
   :mod:`.surgery`: ``surgery`` (TagAlign's, the default) and ``clip_surgery``;
-- :mod:`.registry`: :data:`ENCODERS` and :func:`dense_features`.
+- :mod:`.options`: each encoder's declared options (type, default, range), validated before a model is built;
+- :mod:`.registry`: :data:`ENCODERS`, :func:`check_encoder` and :func:`dense_features`.
 """
 
-from .registry import ENCODERS, dense_features, register_encoder
+from .options import Option, declare_options, describe_options
+from .registry import ENCODERS, check_encoder, dense_features, options_table, register_encoder
 from .sclip_family import gaussian_neighbourhood
 from .surgery import surgery_patch_tokens, surgery_tokens, validate_surgery_depth
 from .vit import POS_INTERPOLATIONS, global_token, interpolate_pos_embed
 
-__all__ = ["ENCODERS", "POS_INTERPOLATIONS", "dense_features", "gaussian_neighbourhood", "global_token",
+__all__ = ["ENCODERS", "POS_INTERPOLATIONS", "Option", "check_encoder", "declare_options", "dense_features",
+           "describe_options", "options_table", "gaussian_neighbourhood", "global_token",
            "interpolate_pos_embed", "register_encoder", "surgery_patch_tokens", "surgery_tokens",
            "validate_surgery_depth"]

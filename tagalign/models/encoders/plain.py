@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .options import Option, declare_options
 from .vit import feed_forward, heads, merge_heads, plain_block, trunk
 
 __all__ = ["maskclip", "vanilla"]
@@ -21,6 +22,8 @@ def vanilla(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return plain_block(visual.transformer.resblocks[-1], x, getattr(visual.transformer, "batch_first", True))[:, 1:]
 
 
+@declare_options(residual=Option(bool, True, "keep the last block's residual and FFN (MaskCLIP's code); "
+                                                "false: out_proj(v) alone"))
 def maskclip(visual: nn.Module, images: torch.Tensor, residual: bool = True) -> torch.Tensor:
     """MaskCLIP: the last block's attention replaced by ``out_proj(v)``."""
     x = trunk(visual, images)

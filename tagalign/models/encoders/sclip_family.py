@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from .options import Option, declare_options
 from .vit import attention_output, feed_forward, heads, patch_grid, softmax_scores, trunk
 
 __all__ = ["clearclip", "gaussian_neighbourhood", "naclip", "sclip"]
@@ -27,6 +28,7 @@ def sclip(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return feed_forward(block, x + out)[:, 1:]
 
 
+@declare_options(residual=Option(bool, False, "keep the last block's residual and FFN"))
 def clearclip(visual: nn.Module, images: torch.Tensor, residual: bool = False) -> torch.Tensor:
     """ClearCLIP: q-q attention; the residual and FFN dropped unless ``residual``."""
     x = trunk(visual, images)
@@ -46,6 +48,8 @@ def gaussian_neighbourhood(h: int, w: int, sigma: float = 5.0) -> torch.Tensor:
     return omega
 
 
+@declare_options(sigma=Option(float, 5.0, "the Gaussian neighbourhood's standard deviation, in patches", minimum=0.0,
+                               above=True))
 def naclip(visual: nn.Module, images: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
     """NACLIP: k-k attention plus a Gaussian neighbourhood, the reduced architecture (no residual, no FFN)."""
     x = trunk(visual, images)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .options import Option, declare_options
 from .vit import attend, embed, feed_forward, heads, plain_block
 
 __all__ = ["clip_surgery", "surgery", "surgery_patch_tokens", "surgery_tokens", "validate_surgery_depth"]
@@ -68,11 +69,16 @@ def surgery_patch_tokens(visual: nn.Module, images: torch.Tensor, depth: int = 6
     return _surgery(visual, images, depth, with_cls=False, pos_mode=pos_mode)
 
 
+_DEPTH = Option(int, 6, "how many final blocks get the v-v path (model.surgery_layers)", minimum=1, maximum="blocks")
+
+
+@declare_options(depth=_DEPTH)
 def surgery(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
     """TagAlign's surgery encoder (bicubic positional resize)."""
     return surgery_patch_tokens(visual, images, depth)
 
 
+@declare_options(depth=_DEPTH)
 def clip_surgery(visual: nn.Module, images: torch.Tensor, depth: int = 6) -> torch.Tensor:
     """CLIP Surgery's own variant (bilinear positional resize)."""
     return surgery_patch_tokens(visual, images, depth, pos_mode="bilinear")
