@@ -68,7 +68,7 @@ def test_released_tags_round_trip_into_a_training_sample(tmp_path):
     ("0,square\n2,circle\n", {}, r"object_list.csv: indices must run 0..1 without gaps"),
     ("square\nsquare\n", {}, r"object_list.csv: tags \['square'\] appear more than once"),
     ("", {}, r"object_list.csv: no tags"),
-    ("0,square,x\n", {}, r"object_list.csv: expected one column \(tag\) or two"),
+    ("0,square,x\n", {}, r"object_list.csv, line 1: expected one column \(tag\) or two"),
     ("square\ncircle\n", {"http://a": [0, 2]}, r"index.json, record 'http://a': tag indices \[2\] are outside 0..1"),
     ("square\ncircle\n", {"http://b": "0"}, r"index.json, record 'http://b': expected a list of integer"),
     ("square\ncircle\n", [1, 2], r"index.json: expected an object"),

@@ -48,13 +48,16 @@ def load_model(
         clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
     if pretrained is None:
         logger.warning("CLIP '%s' gets random weights (no --pretrained given)", clip)
+    saved_encoder = config.get("encoder", "surgery")
+    if encoder_options is None and encoder in (None, saved_encoder):
+        encoder_options = config.get("encoder_options")  # the checkpoint's options belong to its own encoder only
     model = TagAlign(
         load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu),
         surgery_layers=config.get("surgery_layers", 6),
         pos_interpolation=config.get("pos_interpolation", "bicubic"),
         projector=config.get("projector"),
-        encoder=encoder or config.get("encoder", "surgery"),
-        encoder_options=encoder_options if encoder_options is not None else config.get("encoder_options"),
+        encoder=encoder or saved_encoder,
+        encoder_options=encoder_options,
         tag_reweight=config.get("tag_reweight", False),  # its learned re-weighting temperature is in the checkpoint
     ).to(device)
     if checkpoint is not None:
