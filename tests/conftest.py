@@ -39,6 +39,14 @@ def tiny_clip():
     return randomize_affine_(load_clip("tagalign-tiny"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def clip_file(tiny_clip, tmp_path_factory):
+    """The tiny CLIP's weights as a file, for code that loads a CLIP by name and weights path."""
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(tiny_clip.state_dict(), path)
+    return str(path)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "nltk: needs NLTK's English POS tagger and WordNet (downloaded once if missing)")
 

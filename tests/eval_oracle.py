@@ -71,6 +71,11 @@ class OracleModel(nn.Module):
 
     @torch.no_grad()
     def masks(self, images, text_emb, clip_w=0.3, scale=10.0, bias=-2.5, size=None):
+        probs = self.grid_masks(images, text_emb)
+        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def grid_masks(self, images, text_emb, clip_w=0.3, scale=10.0, bias=-2.5):
         labels = self.pixel_classes(images)
         h, w = images.shape[-2] // PATCH, images.shape[-1] // PATCH
         probs = torch.full((images.shape[0], len(text_emb), h, w), 0.1)
@@ -79,7 +84,7 @@ class OracleModel(nn.Module):
                 continue
             fraction = F.avg_pool2d((labels == value).float()[:, None], PATCH)[:, :, :h, :w]  # [B, 1, h, w]
             probs += 0.8 * fraction * text_emb[:, value].view(1, -1, 1, 1)
-        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+        return probs
 
 
 def windows(height: int, width: int, crop: int, stride: int):

@@ -115,3 +115,38 @@ def write_layout(data_root: Path, name: str, num_images: int = 2, seed: int = 0,
         (root / layout.split_file).parent.mkdir(parents=True, exist_ok=True)
         (root / layout.split_file).write_text("\n".join(ids) + "\n")
     return palette
+
+
+# CAT-Seg's converted layouts of the large vocabularies: 16-bit TIFF labels, listed by the label maps present.
+# (subdir, image dir, label dir, labels drawn: the highest class, 255 (a class in both), unlabelled values)
+LARGE_LAYOUTS = {
+    "pc459": ("VOCdevkit/VOC2010", "JPEGImages", "annotations_detectron2/pc459_val", (0, 7, 255, 458), (459, 65535)),
+    "ade847": ("ADE20K_2021_17_01", "images_detectron2/validation", "annotations_detectron2/validation",
+               (0, 12, 255, 846), (65535,)),
+}
+
+
+def write_large_vocab_layout(data_root: Path, key: str, num_images: int = 2,
+                             seed: int = 0) -> dict[int, tuple[int, int, int]]:
+    """Images + uint16 TIFF labels for ``pc459`` or ``ade847``: blocks of the drawn classes and of every unlabelled
+    value (painted grey); returns the palette class -> RGB."""
+    subdir, img_dir, seg_dir, classes, unlabelled = LARGE_LAYOUTS[key]
+    rng = np.random.default_rng(seed)
+    palette = dict(zip(classes, PALETTE))
+    for folder in (img_dir, seg_dir):
+        (data_root / subdir / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(num_images):
+        height, width = int(rng.integers(100, 160)), int(rng.integers(170, 260))
+        label = np.full((height, width), classes[index % len(classes)], dtype=np.int64)
+        values = [*classes, *unlabelled]
+        for block, value in enumerate(values):
+            x = block * width // len(values)
+            label[height // 3 : 2 * height // 3, x : x + width // (len(values) + 1)] = value
+        image = np.zeros((height, width, 3), dtype=np.uint8)
+        image[:] = IGNORE_COLOUR
+        for value, colour in palette.items():
+            image[label == value] = colour
+        image_id = f"2008_{index:06d}" if key == "pc459" else f"ADE_val_{index + 1:08d}"
+        Image.fromarray(image).save(data_root / subdir / img_dir / f"{image_id}.jpg", quality=95, subsampling=0)
+        Image.fromarray(label.astype(np.uint16)).save(data_root / subdir / seg_dir / f"{image_id}.tif")
+    return palette

@@ -57,7 +57,7 @@ def test_segment_equals_the_tools_test_segmentor(trained, tmp_path):
     init_default_scope("mmseg")
     root, _ = trained
     names = ["background", "red square", "blue circle", "green triangle"]
-    seg = TagAlignSegmentor(names, checkpoint=str(root / "ckpt.pth"), data_preprocessor=dict(
+    seg = TagAlignSegmentor(names, checkpoint=str(root / "ckpt.pth"), keep_logits=True, data_preprocessor=dict(
         type="SegDataPreProcessor", mean=IMAGENET_MEAN_255, std=IMAGENET_STD_255, bgr_to_rgb=True)).eval()
     pipeline = Compose([dict(type="LoadImageFromFile"), dict(type="Resize", scale=(2048, 448), keep_ratio=True),
                         dict(type="PackSegInputs")])

@@ -126,3 +126,35 @@ def test_oracle_reads_colours_only_under_imagenet_statistics():
     assert oracle.pixel_classes(imagenet).tolist() == [[[0, 1]]]
     assert oracle.pixel_classes((pixels - clip_mean) / clip_std).tolist() == [[[-1, -1]]]
     assert np.isfinite(miou([(np.zeros((2, 2)), np.zeros((2, 2)))], 2, 255))
+
+
+@pytest.mark.parametrize("key", ["pc459", "ade847"])
+def test_large_vocabularies_score_class_255_and_ignore_unlabelled(key, tmp_path, monkeypatch):
+    """16-bit labels read unchanged: class 255 (PC459 "monkey", ADE847 "pier") is scored, the highest class id
+    too, and the unlabelled values (PC459: 459 and 65535; ADE847: 65535) are left out of the IoU."""
+    from seg_layouts import LARGE_LAYOUTS, write_large_vocab_layout
+
+    from tagalign.segmentation.large_vocab_classes import ADE847, PC459
+
+    classes = PC459 if key == "pc459" else ADE847
+    subdir, _, seg_dir, drawn, unlabelled = LARGE_LAYOUTS[key]
+    palette = write_large_vocab_layout(tmp_path / "data", key)
+    oracle = OracleModel(classes, {colour: value for value, colour in palette.items()})
+    monkeypatch.setattr(segmentor_module, "load", lambda *args, **kwargs: oracle)
+    monkeypatch.setenv("TAGALIGN_EVAL_WORKERS", "0")
+    result = evaluate(key, data_root=tmp_path / "data", work_dir=tmp_path / "w", inference=dict(map_budget_mb=8))
+
+    text_emb = oracle.clip.encode_text(oracle.clip.tokenizer([TEMPLATE.format(name) for name in classes]))
+    pairs = []
+    images = sorted((tmp_path / "data" / subdir).rglob("*.jpg"))
+    for image in images:
+        gt = read_gt(tmp_path / "data" / subdir / seg_dir / f"{image.stem}.tif", rgb=False, reduce_zero=False)
+        assert set(np.unique(gt)) >= {*drawn, *unlabelled}  # the edge values are really on disk
+        gt = np.where(np.isin(gt, unlabelled), -1, gt)
+        pairs.append((expected_prediction(image, gt.shape, oracle, text_emb, False, 448, 2048, False), gt))
+    expected = miou(pairs, len(classes), -1)
+    assert result["num_images"] == len(pairs) == 2 and result["classes"] == list(classes)
+    assert expected > 40
+    assert abs(result["mIoU"] - expected) <= 1e-6, (result["mIoU"], expected)
+    scored = {index for index, iou in enumerate(result["per_class_iou"]) if iou is not None}
+    assert scored == set(drawn) and result["per_class_iou"][255] > 50

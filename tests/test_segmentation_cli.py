@@ -173,3 +173,40 @@ def test_descriptions_prompt_the_class_names_they_describe(one_image_layouts, ti
     assert settings["descriptions"] == str(tmp_path / "d.json")
     _run_test_tool(args, tmp_path)  # without them the class names differ and so do the labels
     assert any(len(np.unique(np.array(Image.open(p)))) > 1 for p in (tmp_path / "preds").rglob("*.png"))
+
+
+def test_large_vocabularies_under_the_sclip_protocol(tiny_clip_file, tmp_path):
+    """tools/test.py --dataset pc459,ade847 --protocol sclip: 16-bit label maps saved and rescored here, class
+    255 and the highest class scored, unlabelled values left out; the class maps are walked in chunks."""
+    from seg_layouts import LARGE_LAYOUTS, write_large_vocab_layout
+
+    for seed, key in enumerate(LARGE_LAYOUTS):
+        write_large_vocab_layout(tmp_path / "data", key, num_images=1, seed=seed)
+    out, preds = tmp_path / "large.json", tmp_path / "preds"
+    result = _run_test_tool(["--dataset", "pc459,ade847", "--protocol", "sclip", "--encoder", "sclip",
+                             "--prompt-set", "simple", "--map-budget-mb", "4", "--data-root", str(tmp_path / "data"),
+                             "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file, "--out", str(out),
+                             "--save-preds", str(preds), "--save-logits", str(tmp_path / "logits"),
+                             "--work-dir", str(tmp_path / "w")], tmp_path)
+    results = json.loads(out.read_text())
+    assert list(results) == ["pc459", "ade847"]
+    assert "chunk(s) of up to" in result.stdout + result.stderr
+    for key, (subdir, _, seg_dir, _, unlabelled) in LARGE_LAYOUTS.items():
+        gt_file = next((tmp_path / "data" / subdir / seg_dir).glob("*.tif"))
+        gt = np.asarray(Image.open(gt_file)).astype(np.int64)
+        pred = np.asarray(Image.open(preds / key / f"{gt_file.stem}.png")).astype(np.int64)
+        classes = len(results[key]["per_class_iou"])
+        valid = ~np.isin(gt, unlabelled)
+        ious = []
+        for c in range(classes):
+            union = (((pred == c) | (gt == c)) & valid).sum()
+            if union:
+                ious.append((((pred == c) & (gt == c)) & valid).sum() / union)
+        assert abs(results[key]["mIoU"] - 100 * np.mean(ious)) <= 1e-6, key
+        assert results[key]["per_class_iou"][255] is not None and results[key]["settings"]["short_side"] is None
+        assert classes == (459 if key == "pc459" else 847)
+        maps = np.load(tmp_path / "logits" / key / f"{gt_file.stem}.npy").astype(np.float32)  # --save-logits
+        assert maps.shape == (classes, *gt.shape) and np.allclose(maps.sum(0), 1, atol=0.05)  # softmax, float16
+        top2 = np.sort(maps, axis=0)[-2:]
+        decided = top2[1] - top2[0] > 1e-2
+        assert decided.mean() > 0.5 and np.array_equal(maps.argmax(0)[decided], pred[decided])

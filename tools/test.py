@@ -39,6 +39,7 @@ from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
 from tagalign.segmentation.benchmarks import (  # noqa: E402
     BENCHMARKS,
     EXTRA_BENCHMARKS,
+    LARGE_BENCHMARKS,
     published_reference,
 )
 from tagalign.segmentation.class_names import NAME_SETS  # noqa: E402
@@ -80,11 +81,30 @@ def _check_encoder_options(args) -> None:
         sys.exit(f"Not starting: {err}")
 
 
+_SEMANTIC = (*BENCHMARKS, *LARGE_BENCHMARKS, *EXTRA_BENCHMARKS)
+_ALONE = (*REFERRING, *TAGGING_BENCHMARKS, "custom")
+_GROUPS = {"all": list(BENCHMARKS), "all+large": [*BENCHMARKS, *LARGE_BENCHMARKS]}
+
+
+def _dataset_keys(text: str) -> str:
+    """--dataset: one referring/tagging key, a group, or semantic keys separated by commas."""
+    keys = [key.strip() for key in text.split(",")]
+    if len(keys) == 1 and (keys[0] in _ALONE or keys[0] in _GROUPS):
+        return keys[0]
+    unknown = [key for key in keys if key not in _SEMANTIC]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown dataset(s) {unknown}; choose a semantic benchmark "
+                                         f"({', '.join(_SEMANTIC)}), all, all+large, or one of {', '.join(_ALONE)}")
+    return ",".join(dict.fromkeys(keys))
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["segmentation", "tagging"], default="segmentation")
-    parser.add_argument("--dataset", required=True,
-                        choices=[*BENCHMARKS, *EXTRA_BENCHMARKS, *REFERRING, "all", *TAGGING_BENCHMARKS, "custom"])
+    parser.add_argument("--dataset", required=True, type=_dataset_keys, metavar="KEY[,KEY...]",
+                        help=f"one of {', '.join(_ALONE)}; or semantic benchmarks, comma-separated, from "
+                             f"{', '.join(_SEMANTIC)}; all: the ten of the paper; all+large: those and "
+                             f"{', '.join(LARGE_BENCHMARKS)}")
     parser.add_argument("--split", help="referring datasets: val, testA, testB (refcoco, refcoco+) or val, test "
                                         "(refcocog, umd); default val")
     parser.add_argument("--binarize", choices=list(BINARIZE_MODES), default="threshold",
@@ -111,6 +131,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stride", type=int, help="slide window stride")
     parser.add_argument("--pad-to", type=int, help="zero-pad windows to a multiple of this (sclip protocol)")
     parser.add_argument("--crop-batch", type=int, help="windows per forward (memory budget; default 16)")
+    parser.add_argument("--map-budget-mb", type=float, help="memory for full-resolution class maps; the classes are "
+                                                            "scored a chunk at a time within it (default 256)")
+    parser.add_argument("--save-logits", help="also write each image's per-class maps (float16 .npy, classes x H x "
+                                              "W) under DIR/<dataset>/; holds all classes at full resolution")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--bg-thresh", type=float, help="tagalign protocol: constant background score (0.4)")
     parser.add_argument("--clip-w", type=float, help="weight of the frozen CLIP branch (0.3)")
@@ -165,7 +189,7 @@ def parse_args() -> argparse.Namespace:
 
 
 _INFERENCE_FLAGS = ("mode", "crop", "stride", "pad_to", "crop_batch", "precision", "bg_thresh", "clip_w", "pamr",
-                    "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd")
+                    "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd", "map_budget_mb")
 
 
 def _inference_options(args) -> dict:
@@ -297,8 +321,10 @@ def _previous(path: Path | None, resume: bool) -> dict:
 
 
 def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_dir: Path,
-              save_preds: str | None = None, previous: dict | None = None) -> dict[str, dict]:
+              save_preds: str | None = None, previous: dict | None = None,
+              save_logits: str | None = None) -> dict[str, dict]:
     return evaluate_many(keys, out=out, save_preds=save_preds, work_dir=work_dir, previous=previous,
+                         save_logits=save_logits,
                          data_root=args.data_root,
                          checkpoint=args.checkpoint, clip=args.clip, pretrained=args.pretrained,
                          launcher=args.launcher, cfg_options=args.cfg_options, protocol=args.protocol,
@@ -319,8 +345,9 @@ def run_comparison(args, keys: list[str]) -> None:
     for encoder in ENCODERS:
         print(f"== encoder {encoder}")
         save_preds = str(Path(args.save_preds) / encoder) if args.save_preds else None
+        save_logits = str(Path(args.save_logits) / encoder) if args.save_logits else None
         results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds,
-                                     previous.get(encoder))
+                                     previous.get(encoder), save_logits)
         if is_main_process():
             write_json(results, out)
     if is_main_process():
@@ -344,7 +371,7 @@ def main() -> None:
     if args.dataset in REFERRING:
         run_referring(args)
         return
-    keys = list(BENCHMARKS) if args.dataset == "all" else [args.dataset]
+    keys = _GROUPS.get(args.dataset, args.dataset.split(","))
     try:
         for key in keys:  # a bad switch is reported before anything runs
             resolve_settings(key, args.protocol, args.preset, _overrides(args))
@@ -355,7 +382,7 @@ def main() -> None:
             run_comparison(args, keys)
             return
         results = _evaluate(args, keys, args.encoder, args.out, Path(args.work_dir), args.save_preds,
-                            _previous(Path(args.out) if args.out else None, args.resume))
+                            _previous(Path(args.out) if args.out else None, args.resume), args.save_logits)
     except MissingDatasetError as err:
         sys.exit(f"Not starting: {err}")
     encoder = next(iter(results.values()))["encoder"]

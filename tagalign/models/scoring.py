@@ -40,6 +40,22 @@ class DenseScoring:
         ``softmax(scale * cos)`` over the texts; ``mix="similarities"`` mixes the two cosine maps before scoring
         (paper Eq. 7); ``feature_surgery=True`` applies CLIP Surgery's label-set feature surgery to each cosine map.
         """
+        probs = self.grid_masks(images, text_emb, clip_w, scale, bias, score, mix, feature_surgery)
+        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def grid_masks(
+        self,
+        images: torch.Tensor,
+        text_emb: torch.Tensor,
+        clip_w: float = 0.3,
+        scale: float = 10.0,
+        bias: float = -2.5,
+        score: str = "sigmoid",
+        mix: str = "probabilities",
+        feature_surgery: bool = False,
+    ) -> torch.Tensor:
+        """The scores of :meth:`masks` ``[B, N, h, w]`` on the patch grid, before the upsampling."""
         if score not in SCORES or mix not in MIXES:
             raise ValueError(f"score must be one of {SCORES} and mix one of {MIXES}; got '{score}', '{mix}'")
         projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
@@ -49,12 +65,10 @@ class DenseScoring:
             return torch.sigmoid(logits + bias) if score == "sigmoid" else logits.softmax(dim=1)
 
         if clip_w <= 0:
-            probs = activate(projected)
-        elif mix == "similarities":
-            probs = activate((1 - clip_w) * projected + clip_w * clip)
-        else:
-            probs = (1 - clip_w) * activate(projected) + clip_w * activate(clip)
-        return F.interpolate(probs, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+            return activate(projected)
+        if mix == "similarities":
+            return activate((1 - clip_w) * projected + clip_w * clip)
+        return (1 - clip_w) * activate(projected) + clip_w * activate(clip)
 
     @torch.no_grad()
     def cosines(self, images: torch.Tensor, text_emb: torch.Tensor, feature_surgery: bool = False,

@@ -14,7 +14,7 @@ from ..errors import MissingDatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "PAPER_MIOU", "PUBLISHED_MIOU", "BenchmarkSpec",
+__all__ = ["BENCHMARKS", "EXTRA_BENCHMARKS", "LARGE_BENCHMARKS", "PAPER_MIOU", "PUBLISHED_MIOU", "BenchmarkSpec",
            "published_reference", "resolve_data_root"]
 
 
@@ -64,6 +64,16 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             for n in (50, 300, 919)
         ],
     ]
+}
+
+#: The large vocabularies (training-free spec §8), in CAT-Seg's converted layout: ``--dataset all+large`` adds them.
+LARGE_BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "pc459": BenchmarkSpec("pc459", "PascalContext459Dataset", "VOCdevkit/VOC2010", "JPEGImages",
+                           "annotations_detectron2/pc459_val", load_annotations="LoadPC459Annotations",
+                           ignore_index=459),
+    "ade847": BenchmarkSpec("ade847", "ADE20K847Dataset", "ADE20K_2021_17_01", "images_detectron2/validation",
+                            "annotations_detectron2/validation", load_annotations="LoadADE847Annotations",
+                            ignore_index=65535),
 }
 
 #: Not part of ``--dataset all``: the generated shapes world of the quickstart (Pascal VOC layout). ``shapes``:

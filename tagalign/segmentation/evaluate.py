@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pprint
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from mmengine.runner import Runner
 from ..atomic import atomic_write_text
 from ..errors import MissingDatasetError
 from ..models.templates import TEMPLATE_SETS
-from . import datasets, hooks, metric, segmentor  # noqa: F401  (register modules)
+from . import datasets, hooks, large_vocab, metric, segmentor  # noqa: F401  (register modules)
 from .benchmarks import (
     BENCHMARKS,
     EXTRA_BENCHMARKS,
+    LARGE_BENCHMARKS,
     PAPER_MIOU,
     WITH_BACKGROUND,
     published_reference,
@@ -28,6 +30,7 @@ from .benchmarks import (
 from .class_names import class_name_groups
 from .inference import InferenceConfig
 from .protocols import PRESETS, merge_settings, protocol_settings
+from .resources import peak_memory_mb, reset_peak_memory
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ IMAGENET_STD_255 = [58.395, 57.12, 57.375]
 
 
 def _spec(key: str):
-    specs = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    specs = {**BENCHMARKS, **LARGE_BENCHMARKS, **EXTRA_BENCHMARKS}
     if key not in specs:
         raise KeyError(f"unknown dataset '{key}'; choose from {sorted(specs)}")
     return specs[key]
@@ -73,6 +76,7 @@ def build_test_config(
     pretrained: str | None = None,
     inference: dict | None = None,
     save_preds: str | os.PathLike | None = None,
+    save_logits: str | os.PathLike | None = None,
     work_dir: str | os.PathLike = "work_dirs/test",
     launcher: str = "none",
     cfg_options: dict | None = None,
@@ -124,6 +128,7 @@ def build_test_config(
             duplicate_names=duplicate_names,
             has_background=dataset_classes[0] == "background",
             descriptions=settings.get("descriptions"),
+            keep_logits=bool(save_logits),
             inference=dict(settings["inference"]),
             data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(settings["norm"])),
         ),
@@ -154,7 +159,8 @@ def build_test_config(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=50),
         ),
-        custom_hooks=[dict(type="SavePredictionsHook", out_dir=str(save_preds))] if save_preds else [],
+        custom_hooks=[dict(type=hook, out_dir=str(folder)) for hook, folder in
+                      (("SavePredictionsHook", save_preds), ("SaveLogitsHook", save_logits)) if folder],
         log_level="INFO",
     )
     config = _EvalConfig(cfg)
@@ -199,7 +205,11 @@ def evaluate(key: str, **kwargs) -> dict:
     """Evaluate one benchmark: dataset, mIoU, aAcc, classes, per_class_iou, num_images, inference, settings."""
     config = build_test_config(key, **kwargs)
     runner = Runner.from_cfg(config)
+    reset_peak_memory()
+    start = time.perf_counter()
     metrics = runner.test()
+    elapsed = time.perf_counter() - start
+    peak, peak_kind = peak_memory_mb()
     iou_metric = runner.test_evaluator.metrics[0]
     model = getattr(runner.model, "module", runner.model)
     settings = run_settings(config)
@@ -211,6 +221,9 @@ def evaluate(key: str, **kwargs) -> dict:
         "classes": list(iou_metric.dataset_meta["classes"]),
         "per_class_iou": iou_metric.per_class_iou,
         "num_images": len(runner.test_dataloader.dataset),
+        "seconds_per_image": elapsed / max(len(runner.test_dataloader.dataset), 1),
+        "peak_memory_mb": peak,
+        "peak_memory_kind": peak_kind,  # cuda: tensors on the GPU; rss: the process's resident memory
         "inference": settings["inference"],
         "settings": settings,
     }
@@ -231,7 +244,7 @@ def check_datasets(keys: list[str], data_root: str | os.PathLike | None) -> dict
 
 def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_preds: str | os.PathLike | None = None,
                   work_dir: str | os.PathLike = "work_dirs/test", previous: dict[str, dict] | None = None,
-                  **kwargs) -> dict[str, dict]:
+                  save_logits: str | os.PathLike | None = None, **kwargs) -> dict[str, dict]:
     """Evaluate several benchmarks after checking they are all present; ``out`` is rewritten after each one, so a
     failure later loses nothing that finished. A result in ``previous`` (an earlier run's JSON) is reused where its
     settings equal this run's (and predictions are not being saved)."""
@@ -241,11 +254,14 @@ def evaluate_many(keys: list[str], out: str | os.PathLike | None = None, save_pr
     for key in keys:
         stored = (previous or {}).get(key)
         preds = Path(save_preds) / key if save_preds else None
-        if stored and not preds and stored.get("settings") == run_settings(build_test_config(key, **kwargs)):
+        logits = Path(save_logits) / key if save_logits else None
+        reusable = stored and not preds and not logits
+        if reusable and stored.get("settings") == run_settings(build_test_config(key, **kwargs)):
             results[key] = stored
             print(f"{key}: mIoU {stored['mIoU']:.2f} reused from the earlier run (same settings)")
         else:
-            results[key] = evaluate(key, save_preds=preds, work_dir=Path(work_dir) / key, **kwargs)
+            results[key] = evaluate(key, save_preds=preds, save_logits=logits, work_dir=Path(work_dir) / key,
+                                    **kwargs)
             if is_main_process():
                 print(f"{key}: mIoU {results[key]['mIoU']:.2f} over {results[key]['num_images']} images")
             if out:  # one writer under torchrun; every rank holds the same (broadcast) metrics
@@ -281,9 +297,10 @@ def format_table(results: dict[str, dict], reference: tuple[str, dict[str, float
 
 
 def comparison_table(results: dict[str, dict[str, dict]]) -> str:
-    """Markdown: one row per encoder, one column per dataset (mIoU), the encoder's published number in brackets."""
+    """Markdown: one row per encoder, one column per dataset (mIoU), the encoder's published number in brackets,
+    then the time per image and the peak memory."""
     keys = list(dict.fromkeys(key for per_dataset in results.values() for key in per_dataset))
-    lines = ["| encoder | " + " | ".join(keys) + " | average |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| encoder | " + " | ".join(keys) + " | average | s/image | peak MB |", "|---" * (len(keys) + 4) + "|"]
     for encoder, per_dataset in results.items():
         reference = published_reference(encoder, trained=False,
                                         pamr=any(r["inference"]["pamr"] for r in per_dataset.values()))
@@ -296,10 +313,16 @@ def comparison_table(results: dict[str, dict[str, dict]]) -> str:
             cell = f"{per_dataset[key]['mIoU']:.2f}"
             cells.append(cell + (f" ({published[key]:.1f})" if key in published else ""))
         average = sum(r["mIoU"] for r in per_dataset.values()) / len(per_dataset)
-        lines.append(f"| {encoder} | " + " | ".join(cells) + f" | {average:.2f} |")
+        seconds = sum(r.get("seconds_per_image", 0.0) * r["num_images"] for r in per_dataset.values()) / max(
+            sum(r["num_images"] for r in per_dataset.values()), 1)
+        peak = max(r.get("peak_memory_mb", 0.0) for r in per_dataset.values())
+        lines.append(f"| {encoder} | " + " | ".join(cells) + f" | {average:.2f} | {seconds:.3f} | {peak:,.0f} |")
+    kinds = {r.get("peak_memory_kind", "rss") for per_dataset in results.values() for r in per_dataset.values()}
     lines.append("")
     lines.append("mIoU on this run; in brackets the method's published ViT-B/16 number (training-free spec §9), "
-                 "where one exists.")
+                 "where one exists. s/image: evaluation time per image over all datasets (loading included); "
+                 f"peak MB: the largest peak of any dataset ({' and '.join(sorted(kinds))}: "
+                 "cuda = GPU tensors, rss = the process's resident memory).")
     return "\n".join(lines)
 
 

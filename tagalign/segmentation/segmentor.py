@@ -1,8 +1,10 @@
 """The mmseg segmentor wrapping a TagAlign model for the mmengine test loop (reference spec §6.4).
 
 Two decodings, chosen by ``inference["protocol"]``: ``tagalign`` (per-window probabilities and a constant background
-channel, :mod:`.inference`) and ``sclip`` (window-averaged cosines and a softmax over all queries,
-:mod:`.similarity_inference`). Class names may carry synonyms; a class scores the max over its queries.
+channel) and ``sclip`` (window-averaged cosines and a softmax over all queries), both in :mod:`.label_maps`. Class
+names may carry synonyms; a class scores the max over its queries. The encoder runs once per image; the class maps
+are then made a chunk of classes at a time within ``map_budget_mb`` (:mod:`.class_chunks`), and ``seg_logits`` are
+kept only with ``keep_logits`` (``tools/test.py --save-logits``).
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 
 from ..models.build import load_model as load
 from ..models.clip import DEFAULT_TEMPLATES
 from ..models.text import class_text_embeddings
+from .class_chunks import ClassChunk, bytes_per_query, plan_chunks
 from .class_names import resolve_duplicates
 from .inference import InferenceConfig, predict_probabilities
-from .similarity_inference import class_probabilities, labels_from_probabilities, window_similarities
+from .label_maps import sclip_labels, tagalign_labels
+from .windows import WindowScores
 
 __all__ = ["TagAlignSegmentor"]
 
@@ -44,6 +50,8 @@ class TagAlignSegmentor(BaseSegmentor):
         inference: :class:`InferenceConfig` fields.
         descriptions: a RAM++ tag-description file; class names found in it are prompted with their description
             ensemble instead of the templates (docs/tagging.md).
+        keep_logits: also keep each image's per-class maps (``seg_logits``, all classes at the original size);
+            the metric needs only the labels.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class TagAlignSegmentor(BaseSegmentor):
         duplicate_names: str = "drop_from_background",
         has_background: bool | None = None,
         descriptions: str | None = None,
+        keep_logits: bool = False,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
@@ -82,6 +91,8 @@ class TagAlignSegmentor(BaseSegmentor):
                                                                normalize_each_template), persistent=False)
         self.num_classes = self.out_channels = len(groups)
         self.align_corners = False
+        self.keep_logits = keep_logits
+        self._chunking_logged = False
 
     def _classes(self, query_probs: torch.Tensor) -> torch.Tensor:
         """Per-query probabilities (after the background channel, if any) -> per-class, max over synonyms."""
@@ -102,37 +113,46 @@ class TagAlignSegmentor(BaseSegmentor):
         ])
 
     def predict(self, inputs: torch.Tensor, data_samples=None):
-        """Labels at each original image size (``tagalign``: bilinear resize of the probabilities and argmax by
-        mmseg's postprocess; ``sclip``: see :mod:`.similarity_inference`).
+        """Labels at each original image size (:mod:`.label_maps`), a chunk of classes at a time.
 
         Where the ground truth is larger than ``ori_shape`` (ImageNet-S images downsampled on load), the label map
         is then nearest-resized to the ground truth, as the reference does.
         """
-        if self.inference_cfg.protocol == "sclip":
-            samples = self._predict_sclip(inputs, data_samples)
-        else:
-            samples = self.postprocess_result(self.encode_decode(inputs), data_samples)
-        for sample in samples:
-            if "gt_sem_seg" not in sample:
-                continue
-            gt_shape = tuple(sample.gt_sem_seg.data.shape[-2:])
-            pred = sample.pred_sem_seg.data
-            if tuple(pred.shape[-2:]) != gt_shape:
-                resized = F.interpolate(pred[None].float(), size=gt_shape, mode="nearest")[0].to(pred.dtype)
-                sample.set_data({"pred_sem_seg": PixelData(data=resized)})
-        return samples
-
-    def _predict_sclip(self, inputs: torch.Tensor, data_samples):
+        if data_samples is None:
+            data_samples = [SegDataSample(metainfo=dict(ori_shape=tuple(inputs.shape[-2:]))) for _ in inputs]
         config = self.inference_cfg
         for i, sample in enumerate(data_samples):
             image = inputs[i : i + 1]
-            cosines = window_similarities(self.tagalign, image, self.text_emb, config)
             size = tuple(sample.metainfo.get("ori_shape", image.shape[-2:]))[:2]
-            cosines = F.interpolate(cosines, size=size, mode="bilinear", align_corners=False)
-            probs = class_probabilities(cosines, self.query_class, self.num_classes, config, image)
-            labels = labels_from_probabilities(probs, config)
-            sample.set_data({"seg_logits": PixelData(data=probs[0]), "pred_sem_seg": PixelData(data=labels)})
+            scores = WindowScores(self.tagalign, image, self.text_emb, config)
+            chunks = self.chunks(tuple(image.shape[-2:]), size)
+            if config.protocol == "sclip":
+                labels, maps = sclip_labels(scores, chunks, self.query_class, self.num_classes, config, size,
+                                            self.keep_logits)
+            else:
+                labels, maps = tagalign_labels(scores, chunks, self.query_class, self.with_background, config,
+                                               sample.metainfo, self.keep_logits)
+            gt_shape = tuple(sample.gt_sem_seg.data.shape[-2:]) if "gt_sem_seg" in sample else size
+            if tuple(labels.shape[-2:]) != gt_shape:
+                labels = F.interpolate(labels[None].float(), size=gt_shape, mode="nearest")[0].to(labels.dtype)
+            sample.set_data({"pred_sem_seg": PixelData(data=labels)})
+            if maps is not None:
+                sample.set_data({"seg_logits": PixelData(data=maps)})
         return data_samples
+
+    def chunks(self, input_size: tuple[int, int], output_size: tuple[int, int]) -> list[ClassChunk]:
+        """The class chunks for one image, within ``map_budget_mb`` (all classes at once with ``keep_logits``)."""
+        config = self.inference_cfg
+        per_query = bytes_per_query(config, input_size, output_size)
+        limit = len(self.query_class) if self.keep_logits else int(config.map_budget_mb * 2**20 // per_query)
+        chunks = plan_chunks(self.query_class.tolist(), self.num_classes, max(limit, 1))
+        if not self._chunking_logged:
+            self._chunking_logged = True
+            print_log(f"class maps: {len(self.query_class)} queries of {self.num_classes} classes in {len(chunks)} "
+                      f"chunk(s) of up to {max(limit, 1)} queries (about {per_query / 2**20:.1f} MB per query at "
+                      f"{input_size[0]}x{input_size[1]} -> {output_size[0]}x{output_size[1]}; map_budget_mb "
+                      f"{config.map_budget_mb:g}, --map-budget-mb)", logger="current")
+        return chunks
 
     def _forward(self, inputs, data_samples=None):
         return self.encode_decode(inputs)

@@ -1,0 +1,80 @@
+"""Evaluation settings shared by both protocols, and the sliding-window grid.
+
+The defaults are the reference evaluation's (reference spec §6.1-6.2, configs/eval.yml); the SCLIP family's fields
+follow the training-free spec §3/§10.2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["InferenceConfig", "autocast", "window_grid"]
+
+
+@dataclass
+class InferenceConfig:
+    """Scoring and windowing; the defaults are the reference evaluation's (configs/eval.yml)."""
+
+    mode: str = "slide"  # "slide" or "whole"
+    crop: int = 448
+    stride: int = 224
+    crop_batch: int = 16  # windows per encoder forward (bounds memory)
+    clip_w: float = 0.3
+    scale: float = 10.0
+    bias: float = -2.5
+    bg_thresh: float = 0.4
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" autocast (bf16 also pays off on CPUs with AMX)
+    pamr: bool = False  # PAMR post-processing per window (TCL's recipe; off in the reference)
+    pamr_iter: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_stride: int = 4  # PAMR runs at 1/pamr_stride of the window (TCL refines its 1/4-resolution mask)
+    score: str = "sigmoid"  # "softmax": the paper's Eq. 8, softmax(scale * cos) over the classes
+    mix: str = "probabilities"  # "similarities": mix the cosine maps before scoring (paper Eq. 7)
+    feature_surgery: bool = False  # CLIP Surgery's label-set feature surgery on each cosine map (not in TagAlign)
+    # the SCLIP family (protocol="sclip"): window-averaged cosines, then softmax(logit_scale * cos) over the queries
+    protocol: str = "tagalign"
+    logit_scale: float = 40.0
+    prob_thd: float = 0.0  # predict class 0 where the top class probability is below this
+    area_thd: float | None = None  # zero classes whose predicted area is <= area_thd x the foreground area
+    pad_to: int = 0  # zero-pad each window symmetrically to a multiple of this (ClearCLIP: 16); 0: no padding
+    # memory for full-resolution class maps: the vocabulary is walked in chunks of classes that fit (labels unchanged)
+    map_budget_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("tagalign", "sclip"):
+            raise ValueError(f"protocol must be tagalign or sclip, got '{self.protocol}'")
+        self.pamr_dilations = tuple(self.pamr_dilations)
+        if self.mode not in ("slide", "whole"):
+            raise ValueError(f"inference mode must be 'slide' or 'whole', got '{self.mode}'")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got '{self.precision}'")
+        if self.score not in ("sigmoid", "softmax") or self.mix not in ("probabilities", "similarities"):
+            raise ValueError(f"score must be sigmoid or softmax and mix probabilities or similarities; got "
+                             f"'{self.score}', '{self.mix}'")
+        if self.crop <= 0 or self.stride <= 0 or self.crop_batch <= 0:
+            raise ValueError("crop, stride and crop_batch must be positive")
+        if not self.map_budget_mb > 0:
+            raise ValueError(f"map_budget_mb must be positive, got {self.map_budget_mb}")
+
+
+def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg slide windows ``(y1, y2, x1, x2)``: a grid clipped so every window ends inside the image."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y1, x1 = row * stride, col * stride
+            y2, x2 = min(y1 + crop, height), min(x1 + crop, width)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            windows.append((y1, y2, x1, x2))
+    return windows
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,102 @@
+"""One image's sliding windows scored on the patch grid, and their average at full resolution for some queries.
+
+The encoder runs once per image, ``crop_batch`` windows per forward, and keeps only the patch-grid scores of every
+query (``[windows, N, h, w]``: 4 windows x 920 queries x 28x28 is 11 MB). Full-resolution maps are made on request
+for a slice of the queries (:meth:`WindowScores.average`), so a caller can walk the vocabulary a chunk at a time.
+Both protocols share it: ``tagalign`` keeps per-window probabilities (optionally PAMR-refined at 1/``pamr_stride``
+of the window), ``sclip`` per-window cosines of the zero-padded window with the padding cut off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .inference_config import InferenceConfig, autocast, window_grid
+from .pamr import pamr
+
+__all__ = ["WindowScores"]
+
+
+def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
+    if multiple <= 0 or size % multiple == 0:
+        return 0, 0
+    pad = multiple - size % multiple
+    return pad // 2, pad - pad // 2
+
+
+def _score_options(config: InferenceConfig) -> dict:
+    """The scoring options that differ from the reference (models without them keep working at the defaults)."""
+    options = {"score": config.score, "mix": config.mix, "feature_surgery": config.feature_surgery}
+    defaults = {"score": "sigmoid", "mix": "probabilities", "feature_surgery": False}
+    return {k: v for k, v in options.items() if v != defaults[k]}
+
+
+class WindowScores:
+    """The patch-grid scores of every window of one normalised image ``[1, 3, H, W]`` for all ``text_emb`` rows."""
+
+    @torch.no_grad()
+    def __init__(self, model, image: torch.Tensor, text_emb: torch.Tensor, config: InferenceConfig) -> None:
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"expected one image [1, 3, H, W], got {list(image.shape)}")
+        self.image, self.config = image, config
+        self.height, self.width = image.shape[-2:]
+        if config.mode == "whole":
+            self.boxes = [(0, self.height, 0, self.width)]
+        else:
+            self.boxes = window_grid(self.height, self.width, config.crop, config.stride)
+        grids = []
+        for start in range(0, len(self.boxes), config.crop_batch):
+            crops = torch.cat([self._crop(box) for box in self.boxes[start : start + config.crop_batch]])
+            grids.append(self._score(model, crops, text_emb))
+        self.grids = torch.cat(grids)  # [windows, N, h, w]
+        counts = image.new_zeros((1, 1, self.height, self.width), dtype=torch.float32)
+        for y1, y2, x1, x2 in self.boxes:
+            counts[:, :, y1:y2, x1:x2] += 1
+        self.counts = counts
+
+    @property
+    def num_queries(self) -> int:
+        return self.grids.shape[1]
+
+    def _crop(self, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y1, y2, x1, x2 = box
+        return self.image[:, :, y1:y2, x1:x2]
+
+    def _score(self, model, crops: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        with autocast(crops.device, config.precision):
+            if config.protocol == "sclip":
+                top, bottom = _pad_amounts(crops.shape[-2], config.pad_to)
+                left, right = _pad_amounts(crops.shape[-1], config.pad_to)
+                grid = model.similarities(F.pad(crops, (left, right, top, bottom)), text_emb, clip_w=config.clip_w,
+                                          feature_surgery=config.feature_surgery)
+            else:
+                grid = model.grid_masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale,
+                                        bias=config.bias, **_score_options(config))
+        return grid.float()
+
+    def window_map(self, index: int, queries: slice) -> torch.Tensor:
+        """``[1, q, h, w]``: window ``index``'s scores for ``queries`` at the window's own resolution."""
+        config, grid = self.config, self.grids[index : index + 1, queries]
+        crop_h, crop_w = self._crop(self.boxes[index]).shape[-2:]
+        if config.protocol == "sclip":
+            top, bottom = _pad_amounts(crop_h, config.pad_to)
+            left, right = _pad_amounts(crop_w, config.pad_to)
+            up = F.interpolate(grid, size=(crop_h + top + bottom, crop_w + left + right), mode="bilinear",
+                               align_corners=False)
+            return up[:, :, top : top + crop_h, left : left + crop_w]
+        if not config.pamr:
+            return F.interpolate(grid, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+        size = (max(crop_h // config.pamr_stride, 1), max(crop_w // config.pamr_stride, 1))
+        small = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        refined = pamr(self._crop(self.boxes[index]), small, config.pamr_iter, config.pamr_dilations)
+        return F.interpolate(refined, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+
+    def average(self, queries: slice = slice(None)) -> torch.Tensor:
+        """``[1, q, H, W]``: the scores of ``queries`` averaged over the windows covering each pixel."""
+        count = len(range(*queries.indices(self.num_queries)))
+        total = self.image.new_zeros((1, count, self.height, self.width), dtype=torch.float32)
+        for index, (y1, y2, x1, x2) in enumerate(self.boxes):
+            total[:, :, y1:y2, x1:x2] += self.window_map(index, queries)
+        return total / self.counts
