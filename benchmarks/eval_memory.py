@@ -1,0 +1,160 @@
+"""Evaluation cost against the vocabulary size: all classes at once (the previous code path) vs chunks of classes.
+
+    python benchmarks/eval_memory.py [--model ViT-B-16] [--classes 21 150 459 847 920] [--protocols tagalign sclip]
+                                     [--device cpu|cuda] [--bf16] [--budget-mb 256] [--before-max 920]
+
+One 448x1120 network input whose original image is 500x1250 (the issue's case), random weights, random text
+embeddings (the class count is what matters). Per protocol and class count:
+
+* ``before``: every class at full resolution at once: the window average of all queries, the per-class max, the
+  resize to the original size and the argmax (what the segmentor did before class chunks).
+* ``after``: ``TagAlignSegmentor.predict``'s path: windows scored once, then class chunks within ``--budget-mb``.
+* ``model``: the encoder and the patch-grid scores alone (``WindowScores``), shared by both.
+* ``floor``: upsample, average, resize and argmax every class map, nothing else (chunked, no bookkeeping).
+
+Extra peak memory is the peak above the memory held before the call: the process's resident memory on CPU (its
+high-water mark reset through /proc/self/clear_refs), allocated CUDA memory on a GPU. Labels of ``before`` and
+``after`` are compared pixel for pixel. The ratios against 21 classes and ``after / (model + floor)`` come last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+import torch.nn.functional as F
+from _machine import machine_line
+
+from tagalign.models import TagAlign, load_clip
+from tagalign.segmentation.class_chunks import bytes_per_query, class_max, plan_chunks
+from tagalign.segmentation.inference_config import InferenceConfig
+from tagalign.segmentation.label_maps import sclip_labels, tagalign_labels, to_original_size
+from tagalign.segmentation.protocols import protocol_settings
+from tagalign.segmentation.resources import reset_peak_memory
+from tagalign.segmentation.windows import WindowScores
+
+INPUT, ORIGINAL = (448, 1120), (500, 1250)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def measure(fn, device: str) -> tuple[object, float, float]:
+    """(result, seconds, extra peak MB) of ``fn()``."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_memory()
+        base = _rss_mb()
+    start = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        extra = _peak_rss_mb() - base
+    return result, time.perf_counter() - start, extra
+
+
+def before(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    """All classes at full resolution at once (the previous segmentor)."""
+    scores = WindowScores(model, image, texts, cfg).average()
+    meta = {"ori_shape": ORIGINAL}
+    if cfg.protocol == "tagalign":
+        per_class = class_max(scores, query_class, num_classes)
+        return to_original_size(per_class, meta)[0].argmax(0)
+    cosines = F.interpolate(scores, size=ORIGINAL, mode="bilinear", align_corners=False)
+    probs = (cfg.logit_scale * cosines).softmax(dim=1)
+    return class_max(probs, query_class, num_classes)[0].argmax(0)
+
+
+def after(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    scores = WindowScores(model, image, texts, cfg)
+    per_query = bytes_per_query(cfg, INPUT, ORIGINAL)
+    chunks = plan_chunks(query_class.tolist(), num_classes, max(int(cfg.map_budget_mb * 2**20 // per_query), 1))
+    if cfg.protocol == "sclip":
+        return sclip_labels(scores, chunks, query_class, num_classes, cfg, ORIGINAL)[0][0]
+    return tagalign_labels(scores, chunks, query_class, False, cfg, {"ori_shape": ORIGINAL})[0][0]
+
+
+def floor(scores: WindowScores, cfg: InferenceConfig) -> torch.Tensor:
+    """Upsample, average, resize and argmax every map (chunks of the same size as ``after``), nothing else."""
+    per_query = bytes_per_query(cfg, INPUT, ORIGINAL)
+    step = max(int(cfg.map_budget_mb * 2**20 // per_query), 1)
+    best = None
+    for start in range(0, scores.num_queries, step):
+        maps = F.interpolate(scores.average(slice(start, start + step)), size=ORIGINAL, mode="bilinear",
+                             align_corners=False)[0]
+        top = maps.max(0).values
+        best = top if best is None else torch.maximum(best, top)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--classes", type=int, nargs="+", default=[21, 150, 459, 847, 920])
+    parser.add_argument("--protocols", nargs="+", default=["tagalign", "sclip"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--budget-mb", type=float, default=InferenceConfig.map_budget_mb)
+    parser.add_argument("--before-max", type=int, default=920, help="skip 'before' above this many classes")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = TagAlign(load_clip(args.model)).to(args.device).eval()
+    image = torch.randn(1, 3, *INPUT, device=args.device)
+    print(machine_line(args.device))
+    print(f"model {args.model} (random weights), input {INPUT[0]}x{INPUT[1]} -> original {ORIGINAL[0]}x{ORIGINAL[1]}"
+          f", budget {args.budget_mb:g} MB, {'bf16' if args.bf16 else 'fp32'}")
+    header = ("| protocol | classes | before MB | after MB | before s | after s | model s | floor s | "
+              "after/(model+floor) | labels equal |")
+    rows, baseline = [header, "|---" * 10 + "|"], {}
+    dim = model.clip.text_projection.shape[1]
+    for protocol in args.protocols:
+        fields = dict(protocol_settings("ade847", protocol)["inference"], map_budget_mb=args.budget_mb,
+                      precision="bf16" if args.bf16 else "fp32")
+        cfg = InferenceConfig(**fields)
+        for count in args.classes:
+            texts = F.normalize(torch.randn(count, dim, device=args.device), dim=-1)
+            query_class = torch.arange(count, device=args.device)
+            run = (model, image, texts, query_class, count, cfg)
+            with torch.no_grad():
+                scores, model_s, _ = measure(lambda: WindowScores(model, image, texts, cfg), args.device)
+                _, floor_s, _ = measure(lambda: floor(scores, cfg), args.device)
+                del scores
+                labels, after_s, after_mb = measure(lambda: after(*run), args.device)
+                if count <= args.before_max:
+                    reference, before_s, before_mb = measure(lambda: before(*run), args.device)
+                    same = bool(torch.equal(reference, labels))
+                    before_cells = f"{before_mb:,.0f} | {after_mb:,.0f} | {before_s:.2f} | {after_s:.2f}"
+                else:
+                    same, before_cells = None, f"- | {after_mb:,.0f} | - | {after_s:.2f}"
+            baseline.setdefault(protocol, (after_mb, after_s))
+            rows.append(f"| {protocol} | {count} | {before_cells} | {model_s:.2f} | {floor_s:.2f} | "
+                        f"{after_s / (model_s + floor_s):.2f} | {same if same is not None else '-'} |")
+            print(rows[-1], flush=True)
+    print("\n".join(rows))
+    for protocol in args.protocols:
+        first = [r for r in rows[2:] if r.startswith(f"| {protocol} | {args.classes[0]} |")][0]
+        last = [r for r in rows[2:] if r.startswith(f"| {protocol} | {args.classes[-1]} |")][0]
+        mb = [float(cell.replace(",", "")) for cell in (first.split("|")[4], last.split("|")[4])]
+        sec = [float(first.split("|")[6]), float(last.split("|")[6])]
+        print(f"{protocol}: after at {args.classes[-1]} vs {args.classes[0]} classes: extra peak memory x"
+              f"{mb[1] / max(mb[0], 1e-9):.2f} ({mb[0]:,.0f} -> {mb[1]:,.0f} MB), time x{sec[1] / sec[0]:.2f} "
+              f"({sec[0]:.2f} -> {sec[1]:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
