@@ -13,8 +13,10 @@ embeddings (the class count is what matters). Per protocol and class count:
 * ``floor``: upsample, average, resize and argmax every class map, nothing else (chunked, no bookkeeping).
 
 Extra peak memory is the peak above the memory held before the call: the process's resident memory on CPU (its
-high-water mark reset through /proc/self/clear_refs), allocated CUDA memory on a GPU. Labels of ``before`` and
-``after`` are compared pixel for pixel. The ratios against 21 classes and ``after / (model + floor)`` come last.
+high-water mark reset through /proc/self/clear_refs), allocated CUDA memory on a GPU. ``labels equal`` runs both
+paths on the same window scores and compares them pixel for pixel (two encoder runs may differ in the last bit:
+BLAS results depend on memory alignment, which moves near-tied pixels). The ratios against 21 classes and
+``after / (model + floor)`` come last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -68,25 +71,31 @@ def measure(fn, device: str) -> tuple[object, float, float]:
     return result, time.perf_counter() - start, extra
 
 
-def before(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+def before_labels(scores: WindowScores, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
     """All classes at full resolution at once (the previous segmentor)."""
-    scores = WindowScores(model, image, texts, cfg).average()
-    meta = {"ori_shape": ORIGINAL}
+    maps = scores.average()
     if cfg.protocol == "tagalign":
-        per_class = class_max(scores, query_class, num_classes)
-        return to_original_size(per_class, meta)[0].argmax(0)
-    cosines = F.interpolate(scores, size=ORIGINAL, mode="bilinear", align_corners=False)
+        return to_original_size(class_max(maps, query_class, num_classes), {"ori_shape": ORIGINAL})[0].argmax(0)
+    cosines = F.interpolate(maps, size=ORIGINAL, mode="bilinear", align_corners=False)
     probs = (cfg.logit_scale * cosines).softmax(dim=1)
     return class_max(probs, query_class, num_classes)[0].argmax(0)
 
 
-def after(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
-    scores = WindowScores(model, image, texts, cfg)
+def after_labels(scores: WindowScores, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    """``TagAlignSegmentor.predict``'s path: class chunks within the budget."""
     per_query = bytes_per_query(cfg, INPUT, ORIGINAL)
     chunks = plan_chunks(query_class.tolist(), num_classes, max(int(cfg.map_budget_mb * 2**20 // per_query), 1))
     if cfg.protocol == "sclip":
         return sclip_labels(scores, chunks, query_class, num_classes, cfg, ORIGINAL)[0][0]
     return tagalign_labels(scores, chunks, query_class, False, cfg, {"ori_shape": ORIGINAL})[0][0]
+
+
+def before(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    return before_labels(WindowScores(model, image, texts, cfg), query_class, num_classes, cfg)
+
+
+def after(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    return after_labels(WindowScores(model, image, texts, cfg), query_class, num_classes, cfg)
 
 
 def floor(scores: WindowScores, cfg: InferenceConfig) -> torch.Tensor:
@@ -131,16 +140,16 @@ def main() -> None:
             query_class = torch.arange(count, device=args.device)
             run = (model, image, texts, query_class, count, cfg)
             with torch.no_grad():
-                scores, model_s, _ = measure(lambda: WindowScores(model, image, texts, cfg), args.device)
-                _, floor_s, _ = measure(lambda: floor(scores, cfg), args.device)
-                del scores
-                labels, after_s, after_mb = measure(lambda: after(*run), args.device)
-                if count <= args.before_max:
-                    reference, before_s, before_mb = measure(lambda: before(*run), args.device)
-                    same = bool(torch.equal(reference, labels))
+                scores, model_s, _ = measure(partial(WindowScores, model, image, texts, cfg), args.device)
+                _, floor_s, _ = measure(partial(floor, scores, cfg), args.device)
+                labels, after_s, after_mb = measure(partial(after, *run), args.device)
+                if count <= args.before_max:  # the same window scores through both paths: labels must be equal
+                    same = bool(torch.equal(before_labels(scores, *run[3:]), after_labels(scores, *run[3:])))
+                    reference, before_s, before_mb = measure(partial(before, *run), args.device)
                     before_cells = f"{before_mb:,.0f} | {after_mb:,.0f} | {before_s:.2f} | {after_s:.2f}"
                 else:
                     same, before_cells = None, f"- | {after_mb:,.0f} | - | {after_s:.2f}"
+                del scores
             baseline.setdefault(protocol, (after_mb, after_s))
             rows.append(f"| {protocol} | {count} | {before_cells} | {model_s:.2f} | {floor_s:.2f} | "
                         f"{after_s / (model_s + floor_s):.2f} | {same if same is not None else '-'} |")

@@ -8,6 +8,7 @@ and prob_thd thresholds placed where they move pixels; ``tagalign`` with its con
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_protocols import (
     CLASSES,
@@ -49,8 +50,9 @@ def _labels(seg, image, out_size, budget_mb):
 
 
 def test_sclip_protocol_in_chunks_equals_the_statement(clip_file):
-    torch.manual_seed(0)  # the projector's initialisation: the same model whatever ran before
-    seg = _segmentor(clip_file, "naclip", "sclip")
+    with torch.random.fork_rng():  # the projector's initialisation: the same model whatever ran before
+        torch.manual_seed(0)
+        seg = _segmentor(clip_file, "naclip", "sclip")
     texts = _random_texts(len(QUERY_CLASS), seg.text_emb.shape[1], seed=9)
     seg.text_emb = texts
     image = torch.randn(1, 3, 80, 112, generator=torch.Generator().manual_seed(4))
@@ -78,10 +80,11 @@ def test_sclip_protocol_in_chunks_equals_the_statement(clip_file):
 
 def test_tagalign_protocol_in_chunks_equals_the_statement(clip_file):
     classes = [["background"], *CLASSES[1:]]
-    torch.manual_seed(0)
-    seg = TagAlignSegmentor(classes, clip="tagalign-tiny", pretrained=clip_file, templates=["a photo of a {}."],
-                            inference=dict(crop=64, stride=32, pamr=True, pamr_iter=3, pamr_dilations=(1, 2),
-                                           bg_thresh=0.3))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        seg = TagAlignSegmentor(classes, clip="tagalign-tiny", pretrained=clip_file, templates=["a photo of a {}."],
+                                inference=dict(crop=64, stride=32, pamr=True, pamr_iter=3, pamr_dilations=(1, 2),
+                                               bg_thresh=0.3))
     with torch.no_grad():
         for name, param in seg.tagalign.projector.named_parameters():
             if name.endswith("gate"):
@@ -105,3 +108,19 @@ def test_ties_across_chunks_go_to_the_lower_class():
     running.update(torch.tensor([[[0.2, 0.5]], [[0.7, 0.1]]]), first_class=0)  # [2 classes, 1, 2 pixels]
     running.update(torch.tensor([[[0.7, 0.4]], [[0.1, 0.5]]]), first_class=2)
     assert running.label.tolist() == [[1, 0]] and torch.equal(running.best, torch.tensor([[0.7, 0.5]]))
+
+
+@pytest.mark.parametrize("protocol", ["tagalign", "sclip"])
+def test_a_chunk_of_queries_gets_the_bits_it_gets_among_all(protocol, tiny_clip):
+    """Labels equal to the last bit need each query's map to be the same number whatever shares the call (a
+    channels-last grid would make bilinear upsampling vectorise over the queries and break this)."""
+    from tagalign.models import TagAlign
+    from tagalign.segmentation.windows import WindowScores
+
+    model = TagAlign(tiny_clip).eval()
+    texts = _random_texts(40, model.projector_dim if hasattr(model, "projector_dim") else 64, seed=2)
+    image = torch.randn(1, 3, 96, 150, generator=torch.Generator().manual_seed(3))
+    scores = WindowScores(model, image, texts, InferenceConfig(protocol=protocol, crop=64, stride=32))
+    everything = scores.average()
+    for queries in (slice(0, 1), slice(3, 10), slice(10, 40)):
+        assert torch.equal(scores.average(queries), everything[:, queries])

@@ -13,12 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .inference_config import InferenceConfig
 
-__all__ = ["ClassChunk", "RunningArgmax", "bytes_per_query", "class_max", "plan_chunks"]
+__all__ = ["ClassChunk", "RunningArgmax", "bytes_per_query", "class_max", "plan_chunks", "resize_maps"]
 
 _FLOAT = 4  # bytes
+
+
+def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (align_corners False) of one image's maps ``[1, q, h, w]``, each map as its own batch item.
+
+    torch's bilinear kernel may vectorise across the channels of a small map, which makes a map's values depend on
+    how many maps share the call; as batch items every map gets the same bits in any chunk."""
+    resized = F.interpolate(maps.transpose(0, 1), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized.transpose(0, 1)
 
 
 @dataclass(frozen=True)

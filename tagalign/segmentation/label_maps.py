@@ -7,7 +7,8 @@ bilinear resize to ``ori_shape``), argmax.
 ``sclip`` (training-free spec §3, §10.2): the window-averaged cosines resized to the original size, PAMR there
 (NACLIP), ``softmax(logit_scale * cos)`` over all queries, max over a class's queries, ``area_thd``, argmax, and
 class 0 where the top probability is below ``prob_thd``. The softmax's normaliser is a running log-sum-exp, so a
-class's probability is ``exp(its best logit - lse)`` and its argmax is that of the logits. ``area_thd`` needs the
+class's probability is ``exp(its best logit - lse)`` and its argmax is that of the logits (without ``prob_thd`` the
+normaliser is not computed at all). ``area_thd`` needs the
 areas of the first argmax: when it drops a class, a second walk finds each pixel's best surviving class.
 
 Each returns the labels ``[1, H, W]`` and, with ``keep_maps``, the per-class maps mmseg calls ``seg_logits`` (then
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .class_chunks import ClassChunk, RunningArgmax, class_max
+from .class_chunks import ClassChunk, RunningArgmax, class_max, resize_maps
 from .inference_config import InferenceConfig
 from .pamr import pamr_affinity, propagate
 from .windows import WindowScores
@@ -36,7 +37,9 @@ def to_original_size(maps: torch.Tensor, meta: dict, align_corners: bool = False
     if meta.get("flip"):
         maps = maps.flip(dims=(3,) if meta.get("flip_direction") == "horizontal" else (2,))
     size = tuple(meta.get("ori_shape", maps.shape[-2:]))[:2]
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
+    if align_corners:
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+    return resize_maps(maps, size)
 
 
 def _class_maps(maps: torch.Tensor, chunk: ClassChunk, query_class: torch.Tensor, with_constant: bool,
@@ -86,17 +89,19 @@ def sclip_labels(scores: WindowScores, chunks: Sequence[ClassChunk], query_class
         affinity = pamr_affinity(guide, size, config.pamr_dilations)
 
     def logits_of(chunk: ClassChunk) -> torch.Tensor:
-        cosines = F.interpolate(scores.average(chunk.queries), size=size, mode="bilinear", align_corners=False)
+        cosines = resize_maps(scores.average(chunk.queries), size)
         if affinity is not None:
             cosines = propagate(cosines, affinity, config.pamr_iter, config.pamr_dilations)
         return config.logit_scale * cosines
 
     lse, running, stored = None, RunningArgmax(), []
     store = keep_maps or len(chunks) == 1  # one chunk: keep it for a second walk instead of recomputing it
+    normalise = keep_maps or config.prob_thd > 0  # the argmax alone needs no softmax normaliser
     for chunk in chunks:
         logits = logits_of(chunk)
-        part = torch.logsumexp(logits[0], dim=0)
-        lse = part if lse is None else torch.logaddexp(lse, part)
+        if normalise:
+            part = torch.logsumexp(logits[0], dim=0)
+            lse = part if lse is None else torch.logaddexp(lse, part)
         per_class = _class_maps(logits, chunk, query_class, with_constant=False)[0]
         running.update(per_class, chunk.classes.start)
         if store:
@@ -111,7 +116,8 @@ def sclip_labels(scores: WindowScores, chunks: Sequence[ClassChunk], query_class
                 running.update(per_class.masked_fill(dropped[chunk.classes].view(-1, 1, 1), float("-inf")),
                                chunk.classes.start)
     labels = running.label.clone()
-    labels[torch.exp(running.best - lse) < config.prob_thd] = 0
+    if config.prob_thd > 0:
+        labels[torch.exp(running.best - lse) < config.prob_thd] = 0
     if not keep_maps:
         return labels[None], None
     probs = torch.exp(torch.cat(stored) - lse)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .class_chunks import resize_maps
 from .inference_config import InferenceConfig, autocast, window_grid
 from .pamr import pamr
 
@@ -74,7 +75,8 @@ class WindowScores:
             else:
                 grid = model.grid_masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale,
                                         bias=config.bias, **_score_options(config))
-        return grid.float()
+        # contiguous: the einsum leaves channels last, and maps must not depend on their neighbours (resize_maps)
+        return grid.float().contiguous()
 
     def window_map(self, index: int, queries: slice) -> torch.Tensor:
         """``[1, q, h, w]``: window ``index``'s scores for ``queries`` at the window's own resolution."""
@@ -83,15 +85,14 @@ class WindowScores:
         if config.protocol == "sclip":
             top, bottom = _pad_amounts(crop_h, config.pad_to)
             left, right = _pad_amounts(crop_w, config.pad_to)
-            up = F.interpolate(grid, size=(crop_h + top + bottom, crop_w + left + right), mode="bilinear",
-                               align_corners=False)
+            up = resize_maps(grid, (crop_h + top + bottom, crop_w + left + right))
             return up[:, :, top : top + crop_h, left : left + crop_w]
         if not config.pamr:
-            return F.interpolate(grid, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+            return resize_maps(grid, (crop_h, crop_w))
         size = (max(crop_h // config.pamr_stride, 1), max(crop_w // config.pamr_stride, 1))
-        small = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
-        refined = pamr(self._crop(self.boxes[index]), small, config.pamr_iter, config.pamr_dilations)
-        return F.interpolate(refined, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+        refined = pamr(self._crop(self.boxes[index]), resize_maps(grid, size).contiguous(), config.pamr_iter,
+                       config.pamr_dilations)
+        return resize_maps(refined, (crop_h, crop_w))
 
     def average(self, queries: slice = slice(None)) -> torch.Tensor:
         """``[1, q, H, W]``: the scores of ``queries`` averaged over the windows covering each pixel."""
