@@ -6,17 +6,17 @@
 One 448x1120 network input whose original image is 500x1250 (the issue's case), random weights, random text
 embeddings (the class count is what matters). Per protocol and class count:
 
-* ``before``: every class at full resolution at once: the window average of all queries, the per-class max, the
-  resize to the original size and the argmax (what the segmentor did before class chunks).
+* ``before``: the segmentor before class chunks, written out here (:func:`previous_code`): every class at full
+  resolution at once, from the window batch's upsampled maps to the resized ``seg_logits`` kept on the sample.
 * ``after``: ``TagAlignSegmentor.predict``'s path: windows scored once, then class chunks within ``--budget-mb``.
 * ``model``: the encoder and the patch-grid scores alone (``WindowScores``), shared by both.
 * ``floor``: upsample, average, resize and argmax every class map, nothing else (chunked, no bookkeeping).
 
 Extra peak memory is the peak above the memory held before the call: the process's resident memory on CPU (its
-high-water mark reset through /proc/self/clear_refs), allocated CUDA memory on a GPU. ``labels equal`` runs both
-paths on the same window scores and compares them pixel for pixel (two encoder runs may differ in the last bit:
-BLAS results depend on memory alignment, which moves near-tied pixels). The ratios against 21 classes and
-``after / (model + floor)`` come last.
+high-water mark reset through /proc/self/clear_refs), allocated CUDA memory on a GPU. ``labels equal`` runs the
+all-at-once computation and the chunks on the same window scores and compares them pixel for pixel (two encoder
+runs may differ in the last bit: BLAS results depend on memory alignment, which moves near-tied pixels). The
+ratios against 21 classes and ``after / (model + floor)`` come last.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from _machine import machine_line
 
 from tagalign.models import TagAlign, load_clip
 from tagalign.segmentation.class_chunks import bytes_per_query, class_max, plan_chunks
-from tagalign.segmentation.inference_config import InferenceConfig
+from tagalign.segmentation.inference_config import InferenceConfig, window_grid
 from tagalign.segmentation.label_maps import sclip_labels, tagalign_labels, to_original_size
 from tagalign.segmentation.protocols import protocol_settings
 from tagalign.segmentation.resources import reset_peak_memory
@@ -72,13 +72,47 @@ def measure(fn, device: str) -> tuple[object, float, float]:
 
 
 def before_labels(scores: WindowScores, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
-    """All classes at full resolution at once (the previous segmentor)."""
+    """All classes at full resolution at once from the same window scores (for the labels check)."""
     maps = scores.average()
     if cfg.protocol == "tagalign":
         return to_original_size(class_max(maps, query_class, num_classes), {"ori_shape": ORIGINAL})[0].argmax(0)
     cosines = F.interpolate(maps, size=ORIGINAL, mode="bilinear", align_corners=False)
     probs = (cfg.logit_scale * cosines).softmax(dim=1)
     return class_max(probs, query_class, num_classes)[0].argmax(0)
+
+
+def previous_code(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
+    """The segmentor before class chunks, written out: ``tagalign``: the window batch upsampled for every text at
+    once (``masks``), summed, divided, the synonym max into a new tensor, mmseg's resize, argmax; ``sclip``: one
+    window at a time, cosines upsampled and summed, divided, resized, softmax, scatter into a per-class tensor,
+    argmax. The class maps were also kept on the sample (``seg_logits``)."""
+    height, width = INPUT
+    boxes = window_grid(height, width, cfg.crop, cfg.stride)
+    total = image.new_zeros((1, len(texts), height, width))
+    counts = image.new_zeros((1, 1, height, width))
+    if cfg.protocol == "tagalign":
+        for start in range(0, len(boxes), cfg.crop_batch):
+            chunk = boxes[start : start + cfg.crop_batch]
+            crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            probs = model.masks(crops, texts, clip_w=cfg.clip_w, scale=cfg.scale, bias=cfg.bias).float()
+            for (y1, y2, x1, x2), crop_probs in zip(chunk, probs):
+                total[0, :, y1:y2, x1:x2] += crop_probs
+                counts[0, :, y1:y2, x1:x2] += 1
+        per_class = total / counts
+        per_class = per_class.new_zeros(per_class.shape).scatter_reduce(
+            1, query_class.view(1, -1, 1, 1).expand_as(per_class), per_class, reduce="amax", include_self=False)
+        logits = F.interpolate(per_class, size=ORIGINAL, mode="bilinear", align_corners=False)[0]
+        return logits.argmax(0), logits
+    for y1, y2, x1, x2 in boxes:
+        crop = image[:, :, y1:y2, x1:x2]
+        grid = model.similarities(crop, texts, clip_w=cfg.clip_w).float()
+        total[:, :, y1:y2, x1:x2] += F.interpolate(grid, size=crop.shape[-2:], mode="bilinear", align_corners=False)
+        counts[:, :, y1:y2, x1:x2] += 1
+    cosines = F.interpolate(total / counts, size=ORIGINAL, mode="bilinear", align_corners=False)
+    probs = (cfg.logit_scale * cosines).softmax(dim=1)
+    per_class = probs.new_zeros((1, num_classes, *ORIGINAL)).scatter_reduce(
+        1, query_class.view(1, -1, 1, 1).expand_as(probs), probs, reduce="amax", include_self=False)
+    return per_class[0].argmax(0), per_class[0]
 
 
 def after_labels(scores: WindowScores, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
@@ -88,10 +122,6 @@ def after_labels(scores: WindowScores, query_class, num_classes, cfg: InferenceC
     if cfg.protocol == "sclip":
         return sclip_labels(scores, chunks, query_class, num_classes, cfg, ORIGINAL)[0][0]
     return tagalign_labels(scores, chunks, query_class, False, cfg, {"ori_shape": ORIGINAL})[0][0]
-
-
-def before(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
-    return before_labels(WindowScores(model, image, texts, cfg), query_class, num_classes, cfg)
 
 
 def after(model, image, texts, query_class, num_classes, cfg: InferenceConfig) -> torch.Tensor:
@@ -145,7 +175,7 @@ def main() -> None:
                 labels, after_s, after_mb = measure(partial(after, *run), args.device)
                 if count <= args.before_max:  # the same window scores through both paths: labels must be equal
                     same = bool(torch.equal(before_labels(scores, *run[3:]), after_labels(scores, *run[3:])))
-                    reference, before_s, before_mb = measure(partial(before, *run), args.device)
+                    _, before_s, before_mb = measure(partial(previous_code, *run), args.device)
                     before_cells = f"{before_mb:,.0f} | {after_mb:,.0f} | {before_s:.2f} | {after_s:.2f}"
                 else:
                     same, before_cells = None, f"- | {after_mb:,.0f} | - | {after_s:.2f}"

@@ -126,6 +126,12 @@ def test_every_encoder_on_every_dataset_under_each_protocol(protocol, one_image_
             assert settings["inference"]["feature_surgery"] is (encoder == "clip_surgery")
     table = out.with_suffix(".md").read_text()
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:9]] == list(ENCODERS)
+    assert table.splitlines()[0].endswith("| average | s/image | peak MB |")
+    for line, (encoder, per_dataset) in zip(table.splitlines()[2:9], results.items()):
+        seconds, peak = (float(cell.replace(",", "")) for cell in line.split("|")[-3:-1])
+        runs = per_dataset.values()
+        assert peak == round(max(r["peak_memory_mb"] for r in runs)) > 100, encoder  # the process holds torch
+        assert seconds > 0 and abs(seconds - sum(r["seconds_per_image"] for r in runs) / len(runs)) < 1e-3
     assert "| naclip | " in table and "(58.9)" in table  # NACLIP's published VOC number without PAMR
     assert "clip_surgery" in result.stdout and "wrote" in result.stdout
 
