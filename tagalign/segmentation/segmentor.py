@@ -22,7 +22,7 @@ from mmseg.structures import SegDataSample
 from ..models.build import load_model as load
 from ..models.clip import DEFAULT_TEMPLATES
 from ..models.text import class_text_embeddings
-from .class_chunks import ClassChunk, bytes_per_query, plan_chunks
+from .class_chunks import ClassChunk, bytes_per_query, class_max, plan_chunks
 from .class_names import resolve_duplicates
 from .inference import InferenceConfig, predict_probabilities
 from .label_maps import sclip_labels, tagalign_labels
@@ -97,12 +97,8 @@ class TagAlignSegmentor(BaseSegmentor):
     def _classes(self, query_probs: torch.Tensor) -> torch.Tensor:
         """Per-query probabilities (after the background channel, if any) -> per-class, max over synonyms."""
         first = 1 if self.with_background else 0
-        if len(self.query_class) == self.num_classes - first:
-            return query_probs
-        per_class = query_probs.new_zeros((query_probs.shape[0], self.num_classes, *query_probs.shape[-2:]))
-        per_class[:, :first] = query_probs[:, :first]
-        index = self.query_class.view(1, -1, 1, 1).expand_as(query_probs[:, first:])
-        return per_class.scatter_reduce(1, index, query_probs[:, first:], reduce="amax", include_self=False)
+        per_class = class_max(query_probs[:, first:], self.query_class - first, self.num_classes - first)
+        return torch.cat([query_probs[:, :first], per_class], dim=1)
 
     def encode_decode(self, inputs: torch.Tensor, batch_img_metas: list[dict] | None = None) -> torch.Tensor:
         """``[B, C, H, W]`` class probabilities at the input resolution (the ``tagalign`` protocol)."""
