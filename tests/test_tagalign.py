@@ -14,7 +14,7 @@ from tagalign.models import (
     load_clip,
     save_checkpoint,
 )
-from tagalign.models.encoders import surgery_tokens
+from tagalign.models.encoders import ENCODERS, surgery_tokens
 
 
 @pytest.fixture
@@ -181,9 +181,9 @@ def test_projector_reads_the_chosen_encoders_tokens(encoder, tiny_clip):
     assert torch.allclose(model.dense_features(images), expected, atol=1e-5)  # gates start at 0
     assert not torch.allclose(expected, dense_features(tiny_clip, images, encoder="surgery"), atol=1e-3)
     native = torch.randn(1, 3, 224, 224)  # open_clip's own forward needs the native size
-    cls = model.encode_dense(native)[:, 0]
-    visual = tiny_clip.visual
-    assert torch.allclose(visual.ln_post(cls) @ visual.proj, tiny_clip.encode_image(native), atol=1e-5)
+    global_embedding, patches = model.encode_dense(native)
+    assert torch.allclose(global_embedding, tiny_clip.encode_image(native), atol=1e-5)
+    assert torch.allclose(patches, ENCODERS[encoder](tiny_clip.visual, native), atol=1e-6)
     assert model.config["encoder"] == encoder
 
 

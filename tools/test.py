@@ -34,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import DictAction  # noqa: E402
 
 from tagalign.errors import MissingDatasetError  # noqa: E402
-from tagalign.models.encoders import ENCODERS, check_encoder, describe_options  # noqa: E402
+from tagalign.models.encoders import (  # noqa: E402
+    ENCODERS,
+    UnsupportedTowerError,
+    check_encoder,
+    describe_options,
+)
 from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
 from tagalign.segmentation.benchmarks import (  # noqa: E402
     BENCHMARKS,
@@ -342,16 +347,22 @@ def run_comparison(args, keys: list[str]) -> None:
     results: dict[str, dict] = {}
     out = Path(args.out) if args.out else Path(args.work_dir) / "comparison.json"
     previous = _previous(out, args.resume)
+    skipped: dict[str, str] = {}
     for encoder in ENCODERS:
         print(f"== encoder {encoder}")
         save_preds = str(Path(args.save_preds) / encoder) if args.save_preds else None
         save_logits = str(Path(args.save_logits) / encoder) if args.save_logits else None
-        results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds,
-                                     previous.get(encoder), save_logits)
+        try:
+            results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds,
+                                         previous.get(encoder), save_logits)
+        except UnsupportedTowerError as err:  # raised when the model is built, before any image is read
+            skipped[encoder] = str(err)
+            print(f"== encoder {encoder}: skipped, {err}")
+            continue
         if is_main_process():
             write_json(results, out)
     if is_main_process():
-        table = comparison_table(results)
+        table = comparison_table(results, skipped)
         out.with_suffix(".md").write_text(table + "\n")
         print(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")

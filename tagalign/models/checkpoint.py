@@ -70,6 +70,17 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, check_clip: bool 
             f"give different features. Load the CLIP with the checkpoint's activation (for QuickGELU: the "
             f"'-quickgelu' model name, e.g. --clip {saved.model_name.removesuffix('-quickgelu')}-quickgelu)."
         )
+    if saved.family and current.family and saved.family != current.family:
+        raise CheckpointMismatchError(
+            f"{path} trained its projector on a {saved.family} tower (CLIP '{saved.model_name}'), but the model's "
+            f"CLIP '{current.model_name}' is a {current.family} tower: the projector reads that tower's tokens and "
+            f"dense head. Load a CLIP of the checkpoint's family, e.g. --clip {saved.model_name}."
+        )
+    if saved.map_readout != current.map_readout and saved.family == current.family and saved.family is not None:
+        raise CheckpointMismatchError(
+            f"{path} was trained with the '{saved.map_readout}' MAP-head readout, the model's CLIP reads "
+            f"'{current.map_readout}': load the CLIP with load_clip(..., map_readout='{saved.map_readout}')."
+        )
     if check_clip and saved.weights_hash != current.weights_hash:
         raise CheckpointMismatchError(
             f"{path} was trained on CLIP '{saved.model_name}' (weights {saved.pretrained or 'random init'}, hash "

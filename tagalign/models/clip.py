@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from . import tiny_towers  # noqa: F401  (registers the tiny timm towers the tiny model configs name)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class ClipIdentity:
     pretrained: str | None
     weights_hash: str
     activation: str | None = None  # "quick_gelu" or "gelu" (None in files written before it was recorded)
+    family: str | None = None  # the tower family (tagalign.models.encoders.TOWER_FAMILIES); None in older files
+    map_readout: str | None = None  # the dense readout of a MAP-head tower ("value" or "value_mlp"), else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,12 +91,24 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tower_facts(model: nn.Module) -> dict:
+    """The tower family and, for MAP-head towers, the dense readout (None where the tower is not one tagalign reads:
+    a ResNet CLIP can still encode text and images)."""
+    from .encoders.towers import UnsupportedTowerError, as_tower
+
+    try:
+        tower = as_tower(model.visual)
+    except UnsupportedTowerError:
+        return {"family": None, "map_readout": None}
+    return {"family": tower.family, "map_readout": tower.map_readout}
+
+
 def clip_identity(model: nn.Module) -> ClipIdentity:
     """The identity attached by :func:`load_clip`, or one computed now for a model built elsewhere."""
     identity = getattr(model, "tagalign_identity", None)
     if identity is None:
         identity = ClipIdentity(model_name=type(model).__name__, pretrained=None, weights_hash=weights_hash(model),
-                                activation=activation_of(model))
+                                activation=activation_of(model), **_tower_facts(model))
         model.tagalign_identity = identity
     return identity
 
@@ -168,6 +183,7 @@ def load_clip(
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
     force_quick_gelu: bool | None = None,
+    map_readout: str = "value",
 ) -> nn.Module:
     """Build an open_clip CLIP model, frozen and in eval mode.
 
@@ -184,6 +200,9 @@ def load_clip(
             ``open_clip_config.json`` says ``quick_gelu``) always get QuickGELU, because open_clip 3.x silently builds
             ``nn.GELU`` for ``ViT-B-16`` + ``openai`` and the features are then wrong. A bare state dict gets what
             the model config says (``ViT-B-16-quickgelu``: QuickGELU), with a warning naming the choice.
+        map_readout: for towers with an attention-pool (MAP) head (SigLIP/SigLIP2, PE-Core), how patch tokens are
+            read into the text space: ``value`` (the pool's value path and output projection per token,
+            TextRegion's readout, the default) or ``value_mlp`` (plus the pool's MLP residual). Ignored elsewhere.
 
     Returns:
         The model, with a ``tagalign_identity`` attribute (:class:`ClipIdentity`).
@@ -239,11 +258,17 @@ def load_clip(
     if force_quick_gelu is False and config_quick_gelu:
         raise ValueError(f"CLIP model '{model_name}' is a QuickGELU config; force_quick_gelu=False cannot undo that")
     model.eval().requires_grad_(False)
+    from .encoders.towers import MAP_READOUTS
+
+    if map_readout not in MAP_READOUTS:
+        raise ValueError(f"map_readout must be one of {MAP_READOUTS}, got '{map_readout}'")
+    model.visual.tagalign_map_readout = map_readout
     model.tagalign_identity = ClipIdentity(
         model_name=model_name,
         pretrained=None if pretrained is None else str(pretrained),
         weights_hash=weights_hash(model),
         activation=activation_of(model),
+        **_tower_facts(model),
     )
     model.tagalign_model_name = model_name
     return model

@@ -1,8 +1,8 @@
-"""TagAlign's projector (reference spec §3): gated residual conv units + a trainable clone of ln_post/proj.
+"""TagAlign's projector (reference spec §3): gated residual conv units + a trainable clone of the tower's dense head.
 
 Each unit is ``x + tanh(g) * Conv3x3(GELU(LN2d(x)))`` with the gate ``g`` initialised to 0, so the projector is
-exactly the frozen CLIP ``ln_post @ proj`` at step 0. For ViT-B/16 (width 768, output 512) it has 21,637,636
-parameters.
+exactly the frozen tower's dense head at step 0 (``ln_post @ proj`` on open_clip ViTs; the MAP value path on
+SigLIP/PE-Core; ``head(norm(x))`` on EVA02). For ViT-B/16 (width 768, output 512) it has 21,637,636 parameters.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GatedConvProjector", "GatedConvUnit", "LayerNorm2d", "TokenProjection", "build_projector"]
+from .encoders.towers import Tower, as_tower
+
+__all__ = ["GatedConvProjector", "GatedConvUnit", "LayerNorm2d", "build_projector"]
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -39,40 +41,21 @@ class GatedConvUnit(nn.Module):
         return x + torch.tanh(self.gate) * self.conv(self.act(self.norm(x)))
 
 
-class TokenProjection(nn.Module):
-    """CLIP's ``ln_post`` followed by ``@ proj``, applied to every pixel of a ``[B, C, H, W]`` map."""
-
-    def __init__(self, ln_post: nn.LayerNorm, proj: torch.Tensor):
-        super().__init__()
-        self.ln_post = ln_post
-        self.proj = nn.Parameter(proj.detach().clone())
-
-    @classmethod
-    def from_visual(cls, visual: nn.Module, trainable: bool) -> TokenProjection:
-        if getattr(visual, "proj", None) is None:
-            raise TypeError("the CLIP vision tower has no output projection 'proj'")
-        module = cls(copy.deepcopy(visual.ln_post), visual.proj)
-        return module.requires_grad_(trainable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln_post(x.permute(0, 2, 3, 1)) @ self.proj.to(x.dtype)
-        return x.permute(0, 3, 1, 2)
-
-
 class GatedConvProjector(nn.Module):
-    """``num_units`` gated conv units on the width-C token map, then a trainable clone of ln_post/proj."""
+    """``num_units`` gated conv units on the width-C token map, then a trainable clone of the tower's dense head
+    (applied to every pixel)."""
 
-    def __init__(self, visual: nn.Module, num_units: int = 4, kernel_size: int = 3):
+    def __init__(self, visual: nn.Module | Tower, num_units: int = 4, kernel_size: int = 3):
         super().__init__()
-        width = visual.conv1.out_channels
-        self.units = nn.Sequential(*[GatedConvUnit(width, kernel_size) for _ in range(num_units)])
-        self.head = TokenProjection.from_visual(visual, trainable=True)
+        tower = as_tower(visual)
+        self.units = nn.Sequential(*[GatedConvUnit(tower.width, kernel_size) for _ in range(num_units)])
+        self.head = copy.deepcopy(tower.dense_head()).requires_grad_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.units(x))
+        return self.head(self.units(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def build_projector(visual: nn.Module, config: dict | nn.Module | None = None) -> nn.Module:
+def build_projector(visual: nn.Module | Tower, config: dict | nn.Module | None = None) -> nn.Module:
     """Build the projector from a config dict (``{"type": "gated_conv", "num_units": 4, "kernel_size": 3}``)."""
     if isinstance(config, nn.Module):
         return config

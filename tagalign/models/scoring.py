@@ -76,9 +76,9 @@ class DenseScoring:
         """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
         CLIP branch's, both from one encoder pass; ``feature_surgery`` applies CLIP Surgery's label-set step."""
         if feature_surgery:
-            tokens = self.encode_dense(images)
-            patches = self.token_map(tokens[:, 1:], images)
-            cls = F.normalize(self.clip.visual.ln_post(tokens[:, 0]) @ self.clip.visual.proj, dim=-1)
+            global_embedding, patch_tokens = self.encode_dense(images)
+            patches = self.token_map(patch_tokens, images)
+            cls = F.normalize(global_embedding, dim=-1)
         else:
             patches = self.encode_patches(images)
         texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)

@@ -22,10 +22,10 @@ from .checkpoint import CheckpointMismatchError
 from .encoders import (
     ENCODERS,
     POS_INTERPOLATIONS,
+    as_tower,
     check_encoder,
-    global_token,
     surgery_patch_tokens,
-    surgery_tokens,
+    surgery_streams,
     validate_surgery_depth,
 )
 from .losses import ImageTextContrastiveLoss, LearnableTemperature, TagClassificationLoss
@@ -130,9 +130,10 @@ class TagAlign(DenseScoring, nn.Module):
         self.encoder = encoder
         self.encoder_options = dict(encoder_options or {})
         self.clip = clip_model.eval().requires_grad_(False)
+        self.tower = as_tower(clip_model.visual)
         self.surgery_layers = surgery_layers
         self.projector = build_projector(
-            clip_model.visual, projector if isinstance(projector, nn.Module) else copy.deepcopy(projector)
+            self.tower, projector if isinstance(projector, nn.Module) else copy.deepcopy(projector)
         )
         loss_cfg = {**_LOSS_DEFAULTS, **(loss or {})}
         tag_frequency = loss_cfg.pop("tag_frequency", None)
@@ -148,7 +149,7 @@ class TagAlign(DenseScoring, nn.Module):
         self.tag_loss.requires_grad_(bool(self.tag_weight) or (shared_temperature and bool(self.itc_weight)))
         if tag_embeddings is not None:
             tag_embeddings = torch.as_tensor(tag_embeddings, dtype=torch.float32)
-            embed_dim = self.clip.visual.output_dim
+            embed_dim = self.tower.output_dim
             if tag_embeddings.ndim != 2 or tag_embeddings.shape[1] != embed_dim:
                 raise ValueError(f"tag_embeddings must be [T, {embed_dim}]; got {list(tag_embeddings.shape)}")
             if tag_names is not None and len(tag_names) != len(tag_embeddings):
@@ -189,7 +190,7 @@ class TagAlign(DenseScoring, nn.Module):
 
     @property
     def patch_size(self) -> int:
-        return self.clip.visual.conv1.stride[0]
+        return self.tower.patch_size[0]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The projector and the temperatures: everything a checkpoint needs to store."""
@@ -207,21 +208,21 @@ class TagAlign(DenseScoring, nn.Module):
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
-    def encode_dense(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen tokens ``[B, 1 + h*w, width]`` (before ln_post), no gradient: the encoder's patch tokens after the
-        CLS token of the unmodified CLIP (which is what the surgery encoders' original path computes)."""
-        if self.encoder == "surgery":
-            return surgery_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
-        if self.encoder == "clip_surgery":
-            return surgery_tokens(self.clip.visual, images, self.surgery_layers, "bilinear")
-        cls = global_token(self.clip.visual, images)
-        return torch.cat([cls[:, None], self._patch_tokens(images)], dim=1)
+    def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image embedding [B, D], patch tokens [B, h*w, width])``, frozen, no gradient: the unmodified tower's
+        own pooled embedding (CLS -> ln_post -> proj on CLIP ViTs; the MAP head on SigLIP/PE-Core) and the
+        encoder's patch tokens (the surgery encoders' original path gives the first for free)."""
+        if self.encoder in _SURGERY_ENCODERS:
+            pos_mode = self.pos_interpolation if self.encoder == "surgery" else "bilinear"
+            original, patches = surgery_streams(self.tower, images, self.surgery_layers, pos_mode)
+            return self.tower.pooled(original), patches
+        return self.tower.encode(images), self._patch_tokens(images)
 
     def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         if self.encoder == "surgery":
-            return surgery_patch_tokens(self.clip.visual, images, self.surgery_layers, self.pos_interpolation)
+            return surgery_patch_tokens(self.tower, images, self.surgery_layers, self.pos_interpolation)
         options = {"depth": self.surgery_layers} if self.encoder == "clip_surgery" else {}
-        return ENCODERS[self.encoder](self.clip.visual, images, **options, **self.encoder_options)
+        return ENCODERS[self.encoder](self.tower, images, **options, **self.encoder_options)
 
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,13 +231,12 @@ class TagAlign(DenseScoring, nn.Module):
 
     def token_map(self, patch_tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``[B, h*w, C]`` of ``images`` as a map ``[B, C, h, w]``."""
-        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        h, w = self.tower.grid(images)
         return patch_tokens.transpose(1, 2).reshape(patch_tokens.shape[0], patch_tokens.shape[-1], h, w)
 
     def _clip_projection(self, patches: torch.Tensor) -> torch.Tensor:
-        visual = self.clip.visual
-        x = visual.ln_post(patches.permute(0, 2, 3, 1)) @ visual.proj.to(patches.dtype)
-        return x.permute(0, 3, 1, 2)
+        """The frozen tower's dense head on every pixel of a ``[B, width, h, w]`` token map."""
+        return self.tower.dense_head()(patches.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised dense features ``[B, D, h, w]`` (gradient flows into the projector)."""
@@ -244,7 +244,7 @@ class TagAlign(DenseScoring, nn.Module):
 
     @torch.no_grad()
     def clip_dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen CLIP branch: frozen ln_post/proj on the same encoder tokens, ``[B, D, h, w]``."""
+        """The frozen CLIP branch: the frozen dense head on the same encoder tokens, ``[B, D, h, w]``."""
         return self._clip_projection(self.encode_patches(images))
 
     # ------------------------------------------------------------------ training objective

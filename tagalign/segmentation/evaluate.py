@@ -296,9 +296,10 @@ def format_table(results: dict[str, dict], reference: tuple[str, dict[str, float
     return "\n".join(lines)
 
 
-def comparison_table(results: dict[str, dict[str, dict]]) -> str:
+def comparison_table(results: dict[str, dict[str, dict]], skipped: dict[str, str] | None = None) -> str:
     """Markdown: one row per encoder, one column per dataset (mIoU), the encoder's published number in brackets,
-    then the time per image and the peak memory."""
+    then the time per image and the peak memory; ``skipped`` encoders (not defined on the tower) get a row that
+    says why."""
     keys = list(dict.fromkeys(key for per_dataset in results.values() for key in per_dataset))
     lines = ["| encoder | " + " | ".join(keys) + " | average | s/image | peak MB |", "|---" * (len(keys) + 4) + "|"]
     for encoder, per_dataset in results.items():
@@ -317,6 +318,8 @@ def comparison_table(results: dict[str, dict[str, dict]]) -> str:
             sum(r["num_images"] for r in per_dataset.values()), 1)
         peak = max(r.get("peak_memory_mb", 0.0) for r in per_dataset.values())
         lines.append(f"| {encoder} | " + " | ".join(cells) + f" | {average:.2f} | {seconds:.3f} | {peak:,.0f} |")
+    for encoder, reason in (skipped or {}).items():
+        lines.append(f"| {encoder} | " + " | ".join("-" for _ in keys) + f" | not run: {reason} | - | - |")
     kinds = {r.get("peak_memory_kind", "rss") for per_dataset in results.values() for r in per_dataset.values()}
     lines.append("")
     lines.append("mIoU on this run; in brackets the method's published ViT-B/16 number (training-free spec §9), "

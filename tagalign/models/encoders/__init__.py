@@ -1,7 +1,7 @@
-"""Training-free dense CLIP encoders over an unmodified open_clip ViT, one module per family, chosen by name.
+"""Training-free dense encoders over an unmodified open_clip vision tower, one module per family, chosen by name.
 
-- :mod:`.vit`: the shared ViT plumbing (embedding and positional resize, per-head q/k/v, attention output, FFN,
-  plain block);
+- :mod:`.towers`: the tower adapters every encoder reads (open_clip ViTs, SigLIP/SigLIP2, PE-Core, EVA02): embedding
+  with a resized positional table, blocks part by part, the dense head into the text space, the pooled embedding;
 - :mod:`.plain`: ``vanilla`` and ``maskclip``; :mod:`.sclip_family`: ``sclip``, ``clearclip``, ``naclip``;
   :mod:`.surgery`: ``surgery`` (TagAlign's, the default) and ``clip_surgery``;
 - :mod:`.options`: each encoder's declared options (type, default, range), validated before a model is built;
@@ -11,10 +11,19 @@
 from .options import Option, declare_options, describe_options
 from .registry import ENCODERS, check_encoder, dense_features, options_table, register_encoder
 from .sclip_family import gaussian_neighbourhood
-from .surgery import surgery_patch_tokens, surgery_tokens, validate_surgery_depth
-from .vit import POS_INTERPOLATIONS, global_token, interpolate_pos_embed
+from .surgery import surgery_patch_tokens, surgery_streams, surgery_tokens, validate_surgery_depth
+from .towers import (
+    MAP_READOUTS,
+    POS_INTERPOLATIONS,
+    TOWER_FAMILIES,
+    Tower,
+    UnsupportedTowerError,
+    as_tower,
+    interpolate_pos_embed,
+    tower_family,
+)
 
-__all__ = ["ENCODERS", "POS_INTERPOLATIONS", "Option", "check_encoder", "declare_options", "dense_features",
-           "describe_options", "options_table", "gaussian_neighbourhood", "global_token",
-           "interpolate_pos_embed", "register_encoder", "surgery_patch_tokens", "surgery_tokens",
-           "validate_surgery_depth"]
+__all__ = ["ENCODERS", "MAP_READOUTS", "POS_INTERPOLATIONS", "TOWER_FAMILIES", "Option", "Tower",
+           "UnsupportedTowerError", "as_tower", "check_encoder", "declare_options", "dense_features",
+           "describe_options", "gaussian_neighbourhood", "interpolate_pos_embed", "options_table", "register_encoder",
+           "surgery_patch_tokens", "surgery_streams", "surgery_tokens", "tower_family", "validate_surgery_depth"]

@@ -72,8 +72,11 @@ def declared_options(function: Callable) -> dict[str, Option]:
 
 
 def _block_count(visual: nn.Module | None) -> int | None:
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    return len(blocks) if blocks is not None else None
+    if visual is None:
+        return None
+    from .towers import as_tower
+
+    return len(as_tower(visual).blocks)
 
 
 def validate_options(encoder: str, function: Callable, options: dict | None,

@@ -1,12 +1,16 @@
 """The one registry of dense encoders, and :func:`dense_features`, the shared head over any of them.
 
-Each encoder is a function ``(visual, images, **options) -> [B, h*w, width]`` patch tokens before ``ln_post``, its
-options declared with :func:`.options.declare_options`; the shared head ``ln_post(X) @ proj`` turns them into
-``[B, output_dim, h, w]`` features. To add an encoder, write one module in this package and add one line to
-:data:`ENCODERS` (or, from outside, call :func:`register_encoder`).
+Each encoder is a function ``(visual, images, **options) -> [B, h*w, width]`` patch tokens before the tower's dense
+head, its options declared with :func:`.options.declare_options`; ``visual`` is an open_clip vision tower or its
+:class:`.towers.Tower` adapter, which the encoder reads (never patches). The tower's dense head (``ln_post(X) @ proj``
+on open_clip ViTs; see :mod:`.towers`) turns the tokens into ``[B, output_dim, h, w]`` features. To add an encoder,
+write one module in this package and add one line to :data:`ENCODERS` (or, from outside, call
+:func:`register_encoder`). A step the encoder cannot take on some tower family is refused by the function's
+``tower_check`` (called by :func:`check_encoder`).
 
-Positional tables are resized with size-based bicubic interpolation for every encoder (TagAlign's); the SCLIP family's
-DINO-style ``scale_factor=(n + 0.1) / 14`` variant is not reproduced.
+Positional tables are resized with size-based bicubic interpolation for every encoder (TagAlign's; timm towers as
+timm's ``dynamic_img_size`` does); the SCLIP family's DINO-style ``scale_factor=(n + 0.1) / 14`` variant is not
+reproduced.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from .options import describe_options, validate_options
 from .plain import maskclip, vanilla
 from .sclip_family import clearclip, naclip, sclip
 from .surgery import clip_surgery, surgery
-from .vit import patch_grid
+from .towers import as_tower
 
 __all__ = ["ENCODERS", "check_encoder", "dense_features", "options_table", "register_encoder"]
 
@@ -45,10 +49,15 @@ def register_encoder(name: str, function: Callable[..., torch.Tensor]) -> None:
 
 def check_encoder(encoder: str, options: dict | None = None, visual: nn.Module | None = None) -> dict:
     """The encoder's options, checked against its declaration (``encoders/options.py``); a clear error for an
-    unknown encoder, an option it does not have, a value of the wrong type or out of range."""
+    unknown encoder, an option it does not have, a value of the wrong type or out of range. With ``visual``, also
+    whether the encoder is defined on that tower (an encoder function's ``tower_check``; UnsupportedTowerError)."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder '{encoder}'; choose from {sorted(ENCODERS)}")
-    return validate_options(encoder, ENCODERS[encoder], options, visual)
+    checked = validate_options(encoder, ENCODERS[encoder], options, visual)
+    tower_check = getattr(ENCODERS[encoder], "tower_check", None)
+    if visual is not None and tower_check is not None:
+        tower_check(as_tower(visual))  # an encoder step this tower family does not define: UnsupportedTowerError
+    return checked
 
 
 def options_table() -> str:
@@ -59,11 +68,11 @@ def options_table() -> str:
 
 @torch.no_grad()
 def dense_features(clip: nn.Module, images: torch.Tensor, encoder: str = "surgery", **options) -> torch.Tensor:
-    """``[B, output_dim, h, w]`` dense features (after ``ln_post``/``proj``, unnormalised) of ImageNet- or
-    CLIP-normalised ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``), from the named encoder."""
-    visual = clip.visual
-    options = check_encoder(encoder, options, visual)
-    tokens = ENCODERS[encoder](visual, images, **options)
-    h, w = patch_grid(visual, images)
-    features = visual.ln_post(tokens) @ visual.proj.to(tokens.dtype)
+    """``[B, output_dim, h, w]`` dense features (after the tower's dense head, unnormalised) of normalised
+    ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``), from the named encoder."""
+    tower = as_tower(clip.visual)
+    options = check_encoder(encoder, options, clip.visual)
+    tokens = ENCODERS[encoder](tower, images, **options)
+    h, w = tower.grid(images)
+    features = tower.dense_head()(tokens)
     return features.transpose(1, 2).reshape(images.shape[0], -1, h, w)
