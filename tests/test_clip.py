@@ -200,3 +200,41 @@ def test_openai_vit_b16_weights_get_quick_gelu_by_every_route(tmp_path, monkeypa
 
     reloaded = load(checkpoint, pretrained=str(bare))  # the checkpoint's activation carries over to a bare file
     assert reloaded.clip.tagalign_identity.activation == "quick_gelu"
+
+
+def test_metaclip_style_tag_gets_quick_gelu_under_the_plain_name(openai_like_config, tmp_path, monkeypatch):
+    """A MetaCLIP/DFN-style tag (open_clip marks it quick_gelu) on a config without quick_gelu: the weights were
+    trained with QuickGELU, so the model must be built with it; GELU would give other (wrong) features."""
+    torch.manual_seed(9)
+    source = randomize_affine_(load_clip(str(openai_like_config), force_quick_gelu=True), seed=9)
+    weights = tmp_path / "metaclip.pt"
+    torch.save(source.state_dict(), weights)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "openai-like-test",
+                        {"metaclip_400m": {"url": "", "hf_hub": "", "quick_gelu": True}})
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(weights))
+    model = load_clip(str(openai_like_config), pretrained="metaclip_400m")
+    assert _gelu_types(model) == {"QuickGELU"}
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), source.encode_image(image), atol=1e-5)
+        gelu = load_clip(str(openai_like_config), pretrained=str(weights), force_quick_gelu=False)
+        assert not torch.allclose(gelu.encode_image(image), source.encode_image(image), atol=1e-3)
+
+
+def test_pixel_statistics_come_from_the_weights_config(tmp_path):
+    from tagalign.models import clip_normalization
+    from tagalign.segmentation.evaluate import _statistics_255
+
+    openai = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    assert clip_normalization("ViT-B-16-SigLIP2", "webli") == ((0.5,) * 3, (0.5,) * 3)
+    assert clip_normalization("ViT-B-16-quickgelu", "metaclip_400m") == openai
+    assert clip_normalization("tagalign-tiny") == openai  # no weights: open_clip's default
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": open_clip.get_model_config("tagalign-tiny"), "preprocess_cfg": {"mean": [0.1, 0.2, 0.3],
+                                                                                       "std": [0.4, 0.5, 0.6]}}))
+    assert clip_normalization("tagalign-tiny", str(folder)) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    statistics = _statistics_255("model", "ViT-B-16-SigLIP2", "webli")
+    assert statistics == {"mean": [127.5] * 3, "std": [127.5] * 3}
+    assert _statistics_255("model")["mean"] == [255 * m for m in openai[0]]  # the default OpenAI ViT-B/16

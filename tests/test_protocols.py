@@ -276,7 +276,7 @@ def test_presets_follow_the_spec_table(preset):
             assert inference["mode"] == "whole", (preset, key)
         else:
             assert (inference.get("mode", "slide"), inference["crop"], inference["stride"]) == ("slide", crop, stride)
-        assert settings["norm"] == "clip" and settings["templates"] == "openai80"
+        assert settings["norm"] == "model" and settings["templates"] == "openai80"
         assert settings["normalize_each_template"] is True
         assert inference["pamr"] is (preset == "naclip")
         assert inference["area_thd"] == (0.1 if (preset, key) == ("sclip", "voc") else None)

@@ -18,7 +18,7 @@ from random_affine import randomize_affine_
 from tagalign.models import TagAlign, dense_features, load_clip
 from tagalign.models.encoders import UnsupportedTowerError, as_tower
 
-TIMM_FAMILIES = {"siglip": "tagalign-tiny-siglip2", "pe_core": "tagalign-tiny-pe-core", "eva02": "tagalign-tiny-eva02"}
+TIMM_FAMILIES = {"siglip": "tagalign-tiny-mapvit", "pe_core": "tagalign-tiny-pe-core", "eva02": "tagalign-tiny-eva02"}
 
 
 def _tiny(name: str, seed: int, map_readout: str = "value"):
@@ -195,8 +195,8 @@ def test_map_head_one_patch_readout_with_mlp_is_the_pooled_embedding():
     """SigLIP-style tower, one 16x16 patch: the pool attends to that one token, so the per-token readout with the
     pool's MLP equals the pooled embedding; without the MLP (the default, TextRegion's) it does not."""
     images = torch.randn(3, 3, 16, 16)
-    with_mlp = _tiny("tagalign-tiny-siglip2", 30, map_readout="value_mlp")
-    without = _tiny("tagalign-tiny-siglip2", 30)
+    with_mlp = _tiny("tagalign-tiny-mapvit", 30, map_readout="value_mlp")
+    without = _tiny("tagalign-tiny-mapvit", 30)
     with torch.no_grad():
         pooled = with_mlp.encode_image(images)
         assert torch.equal(pooled, without.encode_image(images))

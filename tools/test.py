@@ -155,7 +155,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prob-thd", type=float, help="sclip protocol: class 0 below this top probability")
     parser.add_argument("--area-thd", type=float, help="sclip protocol: drop classes under this share of the "
                                                        "foreground")
-    parser.add_argument("--norm", choices=["imagenet", "clip"], help="pixel mean/std")
+    parser.add_argument("--norm", choices=["imagenet", "clip", "model"],
+                        help="pixel mean/std: ImageNet's (the tagalign protocol's), OpenAI CLIP's, or model: the "
+                             "CLIP's own, from its weights' config (the sclip protocol's; 0.5/0.5 for SigLIP, PE-Core)")
     parser.add_argument("--prompt-set", choices=sorted(TEMPLATE_SETS), help="templates for the class names")
     parser.add_argument("--class-names", help=f"class-name set ({', '.join(NAME_SETS)}) or a file: one line per "
                                               f"class, synonyms split on ', '")

@@ -11,7 +11,7 @@ import importlib
 
 _NAMES = {
     "DEFAULT_TEMPLATES": "clip", "ClipIdentity": "clip", "ClipWeightsUnavailableError": "clip",
-    "encode_texts": "clip", "get_tokenizer": "clip", "load_clip": "clip",
+    "encode_texts": "clip", "get_tokenizer": "clip", "load_clip": "clip", "clip_normalization": "clip",
     "ENCODERS": "encoders", "dense_features": "encoders", "interpolate_pos_embed": "encoders",
     "register_encoder": "encoders", "surgery_patch_tokens": "encoders", "surgery_tokens": "encoders",
     "ImageTextContrastiveLoss": "losses", "TagClassificationLoss": "losses",

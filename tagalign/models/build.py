@@ -37,6 +37,7 @@ def load_model(
     """
     config: dict = {}
     quick_gelu = None
+    map_readout = "value"
     if checkpoint is not None:
         payload = read_checkpoint(checkpoint)
         config = payload["config"]
@@ -44,6 +45,7 @@ def load_model(
         pretrained = pretrained if pretrained is not None else payload["clip"]["pretrained"]
         if payload["clip"].get("activation") == "quick_gelu":
             quick_gelu = True  # the checkpoint's CLIP used QuickGELU: any weights file for it gets QuickGELU too
+        map_readout = payload["clip"].get("map_readout") or map_readout  # a MAP-head tower's dense readout
     elif clip is None:
         clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
     if pretrained is None:
@@ -52,7 +54,7 @@ def load_model(
     if encoder_options is None and encoder in (None, saved_encoder):
         encoder_options = config.get("encoder_options")  # the checkpoint's options belong to its own encoder only
     model = TagAlign(
-        load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu),
+        load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu, map_readout=map_readout),
         surgery_layers=config.get("surgery_layers", 6),
         pos_interpolation=config.get("pos_interpolation", "bicubic"),
         projector=config.get("projector"),

@@ -35,6 +35,7 @@ __all__ = [
     "ClipIdentity",
     "ClipWeightsUnavailableError",
     "clip_identity",
+    "clip_normalization",
     "encode_texts",
     "get_tokenizer",
     "load_clip",
@@ -272,6 +273,32 @@ def load_clip(
     )
     model.tagalign_model_name = model_name
     return model
+
+
+def clip_normalization(name_or_config: str, pretrained: str | None = None
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel ``(mean, std)`` (0-1 scale) the CLIP's weights were trained with, from its configs, never its name:
+    the pretrained tag's config in open_clip's registry (OpenAI statistics for OpenAI, LAION, MetaCLIP, DFN and
+    EVA02 tags; 0.5/0.5 for SigLIP/SigLIP2 and PE-Core), a hub folder's ``open_clip_config.json``
+    ``preprocess_cfg``, else open_clip's default (OpenAI's). Nothing is built or downloaded."""
+    from open_clip.transform import PreprocessCfg
+
+    default = PreprocessCfg()
+    model_name = _register_model_config(name_or_config)
+    found: dict = dict((open_clip.get_model_config(model_name) or {}).get("preprocess_cfg", {}))
+    if pretrained is not None and os.path.exists(pretrained):
+        folder = Path(pretrained) if Path(pretrained).is_dir() else Path(pretrained).parent
+        config_file = folder / HUB_CONFIG_NAME
+        if config_file.is_file():
+            try:
+                found.update(json.loads(config_file.read_text()).get("preprocess_cfg", {}))
+            except ValueError as err:
+                raise ValueError(f"{config_file}: not valid JSON ({err})") from err
+    elif pretrained is not None:
+        found.update({k: v for k, v in open_clip.get_pretrained_cfg(model_name, pretrained).items()
+                      if k in ("mean", "std")})
+    mean, std = found.get("mean", default.mean), found.get("std", default.std)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def get_tokenizer(model: nn.Module):

@@ -3,8 +3,9 @@
 Each is the family's own timm model function (``vit_base_patch16_siglip_224``, ``vit_pe_core_base_patch16_224``,
 ``eva02_base_patch16_clip_224``) with the same block, pooling, RoPE and head settings, shrunk to width 64 and 8
 blocks (as tagalign-tiny), with ``dynamic_img_size`` on, so their own forward runs at any size and tests can compare
-against it. The open_clip configs ``tagalign-tiny-siglip2``, ``tagalign-tiny-pe-core`` and ``tagalign-tiny-eva02``
-(``model_configs/``) use them.
+against it. The open_clip configs ``tagalign-tiny-mapvit``, ``tagalign-tiny-pe-core`` and ``tagalign-tiny-eva02``
+(``model_configs/``) use them; the SigLIP2-style one is not named "siglip" because open_clip picks the SigLIP
+tokenizer (and a download) for any model name that contains it.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def build_test_config(
             descriptions=settings.get("descriptions"),
             keep_logits=bool(save_logits),
             inference=dict(settings["inference"]),
-            data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True, **_statistics_255(settings["norm"])),
+            data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True,
+                                   **_statistics_255(settings["norm"], clip, pretrained, checkpoint)),
         ),
         test_dataloader=dict(
             batch_size=1,
@@ -184,12 +185,27 @@ class _EvalConfig(Config):
         return cached
 
 
-def _statistics_255(norm: str) -> dict:
+def _statistics_255(norm: str, clip: str | None = None, pretrained: str | None = None,
+                    checkpoint: str | None = None) -> dict:
+    """Pixel mean/std on a 0-255 scale: a named set, or ``model``: the CLIP's own (``clip_normalization``; the CLIP
+    a checkpoint names when ``clip`` is not given, else the default OpenAI ViT-B/16)."""
     if norm == "imagenet":
         return {"mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
-    from ..data.transforms import normalization
+    if norm == "model":
+        from ..models.build import DEFAULT_CLIP, DEFAULT_PRETRAINED
+        from ..models.checkpoint import read_checkpoint
+        from ..models.clip import clip_normalization
 
-    mean, std = normalization(norm)
+        if clip is None and checkpoint is not None:
+            saved = read_checkpoint(checkpoint)["clip"]
+            clip, pretrained = saved["model_name"], pretrained if pretrained is not None else saved["pretrained"]
+        elif clip is None:
+            clip, pretrained = DEFAULT_CLIP, pretrained or DEFAULT_PRETRAINED
+        mean, std = clip_normalization(clip, pretrained)
+    else:
+        from ..data.transforms import normalization
+
+        mean, std = normalization(norm)
     return {"mean": [255 * m for m in mean], "std": [255 * s for s in std]}
 
 

@@ -2,8 +2,10 @@
 
 ``tagalign`` is the TCL/TagAlign family: ImageNet pixel statistics, short side 448, slide 448/224, per-window
 ``sigmoid(10·cos − 2.5)``, a constant background channel, the prompt "a photo of a {}.", the dataset's class names.
-``sclip`` is the SCLIP family: CLIP pixel statistics, short side 336 (COCO-Stuff 448, Cityscapes 560), slide 224/112,
-window-averaged cosines resized to the original image, ``softmax(τ·cos)`` over all queries, max over synonyms,
+``sclip`` is the SCLIP family: the CLIP's own pixel statistics (``norm="model"``: OpenAI's for OpenAI, LAION,
+MetaCLIP, DFN and EVA02 weights, 0.5/0.5 for SigLIP and PE-Core, read from the weights' config), short side 336
+(COCO-Stuff 448, Cityscapes 560), slide 224/112, window-averaged cosines resized to the original image,
+``softmax(τ·cos)`` over all queries, max over synonyms,
 ``prob_thd`` (and ``area_thd`` on VOC), 80 templates normalised one by one, SCLIP's synonym files, fp16 on CUDA.
 
 A preset is one method's own settings on top of its family: ``naclip`` (whole-image VOC/VOC20, τ 40, PAMR on),
@@ -21,7 +23,7 @@ __all__ = ["PRESETS", "PROTOCOLS", "merge_settings", "protocol_settings"]
 PROTOCOLS = ("tagalign", "sclip")
 
 _SCLIP_BASE = dict(
-    norm="clip", short_side=336, templates="openai80", normalize_each_template=True, class_names="sclip",
+    norm="model", short_side=336, templates="openai80", normalize_each_template=True, class_names="sclip",
     inference=dict(protocol="sclip", mode="slide", crop=224, stride=112, logit_scale=40.0, prob_thd=0.0,
                    area_thd=None, pad_to=0, mix="similarities", pamr=False, precision="fp16"),
 )
