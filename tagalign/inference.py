@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .data.transforms import load_image, resize_probs, resize_short_side, to_tensor
 from .models.clip import DEFAULT_TEMPLATES, encode_texts
 from .models.text import RAM_REWEIGHT_SCALE, class_text_embeddings, encode_descriptions, reweighted_cosines
-from .segmentation.inference import InferenceConfig, predict_probabilities
+from .segmentation.inference import InferenceConfig, check_patch_grid, predict_probabilities
 
 __all__ = ["SegmentationResult", "parse_texts", "segment", "tag"]
 
@@ -76,6 +76,7 @@ def segment(model, image, texts: str | Sequence[str], background: bool = True, s
                                 **(inference or {})})
     resized = resize_short_side(array, short_side)
     patch = getattr(model, "patch_size", 16)
+    check_patch_grid(config, patch)
     if min(resized.shape[:2]) < patch:
         raise ValueError(f"the image is {array.shape[0]}x{array.shape[1]} pixels; resized to short side {short_side} "
                          f"with the long side at most 2048 it is {resized.shape[0]}x{resized.shape[1]}, thinner than "

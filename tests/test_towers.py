@@ -256,3 +256,69 @@ def test_tagalign_projector_starts_as_the_towers_dense_head(towers, family):
     head = tagalign.projector.head
     assert all(p.requires_grad for p in head.parameters())
     assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_checkpoints_record_the_family_and_refuse_another(towers, tmp_path):
+    from tagalign.models import CheckpointMismatchError, get_tokenizer
+    from tagalign.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+
+    def build(clip):
+        return TagAlign(clip, tag_embeddings=torch.randn(4, as_tower(clip.visual).output_dim), encoder="sclip")
+
+    torch.manual_seed(5)
+    model = build(towers["siglip"])
+    images = torch.randn(2, 3, 64, 64)
+    losses = model.loss(images, get_tokenizer(towers["siglip"])(["a red square", "a blue circle"]),
+                        [[0, 2], [1]])
+    (losses["loss_itc"] + losses["loss_tag"]).backward()
+    head = model.projector.head  # the trainable copy of the MAP value path
+    assert head.proj.weight.grad.abs().sum() > 0 and head.kv.weight.grad[64:].abs().sum() > 0
+    assert all(unit.gate.grad is not None for unit in model.projector.units)
+    assert all(p.grad is None for p in towers["siglip"].parameters())  # the tower stays frozen
+    with torch.no_grad():
+        model.projector.head.proj.bias.add_(1.0)  # a trained state to carry
+    path = tmp_path / "siglip.pth"
+    save_checkpoint(model, path)
+    saved = read_checkpoint(path)["clip"]
+    assert (saved["family"], saved["map_readout"]) == ("siglip", "value")
+
+    same = build(towers["siglip"])
+    load_checkpoint(same, path)
+    assert torch.equal(same.projector.head.proj.bias, model.projector.head.proj.bias)
+    with pytest.raises(CheckpointMismatchError, match="siglip tower.*eva02 tower"):
+        load_checkpoint(build(towers["eva02"]), path)
+    with pytest.raises(CheckpointMismatchError, match="'value' MAP-head readout.*'value_mlp'"):
+        load_checkpoint(build(_tiny(TIMM_FAMILIES["siglip"], 30, map_readout="value_mlp")), path)
+
+
+def test_patch_14_at_336_reads_its_native_grid_and_windows_keep_to_it(tmp_path):
+    """A ViT-L/14@336-shaped tiny tower (patch 14, 24x24 table): a 336 window is its native grid (the CLS readout is
+    encode_image there), every encoder gives a 24x24 map, and windows that would leave the patch grid are refused."""
+    import json
+
+    from tagalign.segmentation.inference import InferenceConfig, check_patch_grid
+
+    config = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 336, "layers": 3, "width": 64, "head_width": 32, "patch_size": 14},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    path = tmp_path / "tiny-l14-336.json"
+    path.write_text(json.dumps(config))
+    torch.manual_seed(3)
+    model = randomize_affine_(load_clip(str(path)), seed=3)
+    tower = as_tower(model.visual)
+    assert tower.patch_size == (14, 14)
+    window = torch.randn(1, 3, 336, 336)
+    with torch.no_grad():
+        stream = tower.run(tower.embed(window), tower.grid(window))
+        assert (tower.dense_head()(stream[:, 0]) - model.encode_image(window)).abs().max() < 1e-5
+        for encoder in ("vanilla", "maskclip", "sclip", "clearclip", "naclip"):
+            assert dense_features(model, window, encoder).shape == (1, 32, 24, 24)
+        assert dense_features(model, window, "surgery", depth=2).shape == (1, 32, 24, 24)
+    for crop, stride in ((224, 112), (448, 224), (336, 112)):  # multiples of 112 = lcm(14, 16): both patch sizes
+        check_patch_grid(InferenceConfig(crop=crop, stride=stride), 14)
+        check_patch_grid(InferenceConfig(crop=crop, stride=stride), 16)
+    with pytest.raises(ValueError, match="crop=320 is not a multiple of this tower's patch size 14.*308 or 322"):
+        check_patch_grid(InferenceConfig(crop=320, stride=160), 14)
+    with pytest.raises(ValueError, match="pad_to=16.*--pad-to 14"):
+        check_patch_grid(InferenceConfig(crop=448, stride=224, pad_to=16), 14)
+    check_patch_grid(InferenceConfig(crop=73, stride=40, pad_to=14), 14)  # padding puts the window on the grid

@@ -36,10 +36,14 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs/quickstart.py"))
     parser.add_argument("--encoder", choices=sorted(ENCODERS),
                         help="the dense encoder the projector trains on (default: surgery, TagAlign's)")
+    parser.add_argument("--clip", default=None,
+                        help="the tiny CLIP's open_clip config, pretrained from scratch on the shapes world (default: "
+                             "tagalign-tiny-112; tagalign-tiny-mapvit-112: a SigLIP2-style tower with a MAP head, "
+                             "tagalign-tiny-eva02-112, tagalign-tiny-pe-core-112; docs/backbones.md)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tagalign").setLevel(logging.INFO)
-    summary = run_quickstart(args.config, args.work_dir, args.iters, args.encoder, args.pretrain_steps)
+    summary = run_quickstart(args.config, args.work_dir, args.iters, args.encoder, args.pretrain_steps, args.clip)
     clip = summary["clip"]
     table = format_table(summary)
     (Path(args.work_dir) / "summary.md").write_text(table + "\n")

@@ -67,14 +67,16 @@ BatchSampler = Callable[[np.random.Generator, int], tuple[torch.Tensor, list[str
 
 
 def pretrain_clip(model_cfg: dict, draw: BatchSampler, config: PretrainConfig = PretrainConfig()) -> nn.Module:
-    """Train both towers of ``open_clip.model.CLIP(**model_cfg)`` from scratch with ``open_clip.loss.ClipLoss``.
+    """Train both towers of ``open_clip.model.CLIP(**model_cfg)`` (``CustomTextCLIP`` for configs with
+    ``custom_text``, e.g. timm vision towers) from scratch with ``open_clip.loss.ClipLoss``.
 
     Every step asks ``draw`` for a batch of image-caption pairs, with a generator seeded by ``config.seed``.
     Returns the model in eval mode, frozen.
     """
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
-    model = open_clip.model.CLIP(**model_cfg, output_dict=True)
+    model_class = open_clip.model.CustomTextCLIP if model_cfg.get("custom_text") else open_clip.model.CLIP
+    model = model_class(**{k: v for k, v in model_cfg.items() if k != "custom_text"}, output_dict=True)
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=model_cfg["text_cfg"].get("context_length", 77))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = open_clip.loss.ClipLoss()

@@ -32,12 +32,13 @@ MODELS = ("untrained", "objects", "objects+attributes")
 
 def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_root: str | os.PathLike | None = None,
                    max_iters: int | None = None, encoder: str | None = None,
-                   pretrain_steps: int | None = None) -> dict:
+                   pretrain_steps: int | None = None, clip: str | None = None) -> dict:
     """Build the world (pretraining the tiny CLIP), evaluate the untrained projector, train the objects-only and the
     objects+attributes models, evaluate each, and write ``summary.json`` and the figures under the work root.
 
     ``encoder`` puts the projector on another dense encoder (default: the config's ``model.encoder``); the
-    ``untrained`` row is then that encoder's training-free baseline."""
+    ``untrained`` row is then that encoder's training-free baseline. ``clip`` names the tiny CLIP's open_clip config
+    (default ``tagalign-tiny-112``; ``tagalign-tiny-mapvit-112`` is a SigLIP2-style tower), pretrained from scratch."""
     from mmengine.config import Config
 
     from ..training.run import train
@@ -55,7 +56,8 @@ def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_roo
         cfg.model.encoder = encoder
     encoder = cfg.model.get("encoder", "surgery")
     pretrain = PretrainConfig(steps=pretrain_steps) if pretrain_steps else PretrainConfig()
-    world = build_shapes_world(data_root, pretrain=pretrain)
+    world = build_shapes_world(data_root, pretrain=pretrain, **({"clip_name": clip} if clip else {}))
+    cfg.model.clip = cfg.train_dataloader.dataset.clip = world["clip_name"]
     world_seconds = time.time() - start
 
     rows: dict[str, dict] = {}

@@ -53,11 +53,12 @@ INFERENCE = dict(crop=224, stride=112)
 
 
 def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval: int = 40, seed: int = 0,
-                       pretrain: PretrainConfig | None = None) -> dict:
+                       pretrain: PretrainConfig | None = None, clip_name: str = CLIP_NAME) -> dict:
     """Write the shapes world under ``root`` and return its ``world.json`` record.
 
     A finished world leaves ``world.json`` (written last, atomically); a later call with the same sizes, seed and
-    pretraining settings reuses it, so quickstarts on other encoders train on the same data and the same CLIP."""
+    pretraining settings reuses it, so quickstarts on other encoders train on the same data and the same CLIP.
+    ``clip_name`` is the tiny CLIP's open_clip config (any tower family, e.g. ``tagalign-tiny-mapvit-112``)."""
     from ..tags.embed import embed_vocab
     from ..tags.merge import merge_parsed
 
@@ -65,7 +66,7 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
     root = Path(root)
     marker = root / "world.json"
     params = {"version": WORLD_VERSION, "num_train": num_train, "num_eval": num_eval, "seed": seed,
-              "pretrain": asdict(pretrain)}
+              "pretrain": asdict(pretrain), **({"clip_name": clip_name} if clip_name != CLIP_NAME else {})}
     if marker.is_file():
         world = json.loads(marker.read_text())
         if world.get("params") == params:
@@ -87,9 +88,9 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
                     ignore=shutil.ignore_patterns("vocab.csv", "labels.sqlite*", "tag_*", "merge_stats.json"))
     merge_parsed(root / TAG_DIRS["objects"], top_k_attributes=0)
 
-    clip_dir, zero_shot = _pretrain_tiny_clip(root, scenes, captions, rng, pretrain)
+    clip_dir, zero_shot = _pretrain_tiny_clip(root, scenes, captions, rng, pretrain, clip_name)
     for tag_dir in TAG_DIRS.values():
-        embed_vocab(root / tag_dir, clip=CLIP_NAME, pretrained=str(clip_dir))
+        embed_vocab(root / tag_dir, clip=clip_name, pretrained=str(clip_dir))
 
     eval_scenes = [render_scene(rng) for _ in range(num_eval)]
     write_voc_split(root / "shapes_voc", eval_scenes)  # by colour, background ignored
@@ -102,7 +103,7 @@ def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval:
                      for s in tag_scenes])
     logger.info("shapes world: %d training images in %s, %d evaluation images per split", len(keys), root / "shards",
                 num_eval)
-    world = {"clip": str(clip_dir), "clip_name": CLIP_NAME, "clip_zero_shot": zero_shot, "train_samples": len(keys),
+    world = {"clip": str(clip_dir), "clip_name": clip_name, "clip_zero_shot": zero_shot, "train_samples": len(keys),
              "eval_images": num_eval, "params": params}
     partial = marker.with_suffix(".json.partial")
     partial.write_text(json.dumps(world, indent=2))
@@ -155,12 +156,12 @@ class CropPairs:
 
 
 def _pretrain_tiny_clip(root: Path, scenes, captions: list[str], rng: np.random.Generator,
-                        config: PretrainConfig) -> tuple[Path, dict]:
+                        config: PretrainConfig, clip_name: str = CLIP_NAME) -> tuple[Path, dict]:
     """Pretrain the tiny CLIP on the training pairs, save it, and measure its zero-shot accuracy on held-out
     one-object images against the 12 prompts "a photo of a {colour} {shape}."."""
     import open_clip
 
-    model_cfg = open_clip.get_model_config(CLIP_NAME)
+    model_cfg = open_clip.get_model_config(clip_name)
     size = model_cfg["vision_cfg"]["image_size"]
     logger.info("tiny CLIP: pretraining both towers on %d image-caption pairs (%d steps of %d, %d px)",
                 len(scenes), config.steps, config.batch_size, size)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from .inference_config import InferenceConfig, window_grid
+from .inference_config import InferenceConfig, check_patch_grid, window_grid
 from .windows import WindowScores
 
-__all__ = ["InferenceConfig", "predict_probabilities", "window_grid"]
+__all__ = ["InferenceConfig", "check_patch_grid", "predict_probabilities", "window_grid"]
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["InferenceConfig", "autocast", "window_grid"]
+__all__ = ["InferenceConfig", "autocast", "check_patch_grid", "window_grid"]
 
 
 @dataclass
@@ -57,6 +57,26 @@ class InferenceConfig:
             raise ValueError("crop, stride and crop_batch must be positive")
         if not self.map_budget_mb > 0:
             raise ValueError(f"map_budget_mb must be positive, got {self.map_budget_mb}")
+
+
+def check_patch_grid(config: InferenceConfig, patch: int) -> None:
+    """Sliding windows must tile the tower's patch grid (patch 14 or 16): a window that is not a multiple of the patch
+    loses its last pixels to the patch embedding and its maps are stretched over them. Either the window is a
+    multiple of the patch, or ``pad_to`` pads it to one (ClearCLIP pads to its patch size; on a patch-14 tower its
+    preset needs ``--pad-to 14``).
+
+    The SCLIP family's 224/112 and ClearCLIP's 448/224 windows are multiples of 112 = lcm(14, 16), so they hold for
+    both patch sizes; ProxyCLIP runs ViT-L/14 at 336/112."""
+    if config.pad_to:
+        if config.pad_to % patch:
+            raise ValueError(f"inference pad_to={config.pad_to} is not a multiple of this tower's patch size "
+                             f"{patch}: padded windows would leave the patch grid; use --pad-to {patch}")
+        return
+    if config.mode == "slide" and config.crop % patch:
+        low = config.crop - config.crop % patch
+        raise ValueError(f"inference crop={config.crop} is not a multiple of this tower's patch size {patch}: its "
+                         f"last {config.crop % patch} pixels would be dropped; use --crop {low or patch} or "
+                         f"{low + patch}, or --pad-to {patch}")
 
 
 def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:

@@ -24,7 +24,7 @@ from ..models.clip import DEFAULT_TEMPLATES
 from ..models.text import class_text_embeddings
 from .class_chunks import ClassChunk, bytes_per_query, class_max, plan_chunks
 from .class_names import resolve_duplicates
-from .inference import InferenceConfig, predict_probabilities
+from .inference import InferenceConfig, check_patch_grid, predict_probabilities
 from .label_maps import sclip_labels, tagalign_labels
 from .windows import WindowScores
 
@@ -76,6 +76,7 @@ class TagAlignSegmentor(BaseSegmentor):
         self.tagalign = load(checkpoint, clip=clip, pretrained=pretrained, encoder=encoder,
                              encoder_options=encoder_options)
         self.inference_cfg = InferenceConfig(**(inference or {}))
+        check_patch_grid(self.inference_cfg, self.tagalign.patch_size)
         groups = [[name] if isinstance(name, str) else list(name) for name in class_names]
         self.class_names = [names[0] for names in groups]
         self.with_background = self.inference_cfg.protocol == "tagalign" and groups[0] == ["background"]
