@@ -57,6 +57,17 @@ def parse_texts(texts: str | Sequence[str]) -> list[list[str]]:
     return classes
 
 
+def model_statistics(model, norm: str) -> str | tuple:
+    """``norm`` itself, or for ``model`` the CLIP's own ``(mean, std)`` (:func:`tagalign.models.clip_normalization`
+    of the CLIP the model was loaded with)."""
+    if norm != "model":
+        return norm
+    from .models.clip import clip_identity, clip_normalization
+
+    identity = clip_identity(model.clip)
+    return clip_normalization(identity.model_name, identity.pretrained)
+
+
 @torch.no_grad()
 def segment(model, image, texts: str | Sequence[str], background: bool = True, slide: bool = True,
             bg_thresh: float = 0.4, clip_w: float = 0.3, short_side: int = 448,
@@ -65,7 +76,8 @@ def segment(model, image, texts: str | Sequence[str], background: bool = True, s
     """Zero-shot segmentation of ``image`` (path, PIL image or array) into ``texts`` (see :func:`parse_texts`).
 
     ``inference``: further :class:`InferenceConfig` fields (``score``, ``mix``, ``pamr``...); ``norm``: pixel
-    statistics, ``imagenet`` (reference) or ``clip``; ``descriptions``: a RAM++ tag-description file (or
+    statistics, ``imagenet`` (reference), ``clip`` or ``model`` (the CLIP's own, from its weights' config: 0.5/0.5 for
+    SigLIP and PE-Core); ``descriptions``: a RAM++ tag-description file (or
     ``{name: [texts]}``) whose texts replace the templates for the names it describes."""
     classes = parse_texts(texts)
     array = load_image(image)
@@ -81,7 +93,8 @@ def segment(model, image, texts: str | Sequence[str], background: bool = True, s
         raise ValueError(f"the image is {array.shape[0]}x{array.shape[1]} pixels; resized to short side {short_side} "
                          f"with the long side at most 2048 it is {resized.shape[0]}x{resized.shape[1]}, thinner than "
                          f"one {patch}-pixel patch of the model")
-    probs = predict_probabilities(model, to_tensor(resized, norm).to(device), text_emb, False, config)
+    probs = predict_probabilities(model, to_tensor(resized, model_statistics(model, norm)).to(device), text_emb,
+                                  False, config)
     probs = resize_probs(probs, array.shape[:2])[0]
     per_class, start = [], 0
     for synonyms in classes:  # a class scores the max over its synonyms

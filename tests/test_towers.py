@@ -322,3 +322,30 @@ def test_patch_14_at_336_reads_its_native_grid_and_windows_keep_to_it(tmp_path):
     with pytest.raises(ValueError, match="pad_to=16.*--pad-to 14"):
         check_patch_grid(InferenceConfig(crop=448, stride=224, pad_to=16), 14)
     check_patch_grid(InferenceConfig(crop=73, stride=40, pad_to=14), 14)  # padding puts the window on the grid
+
+
+def test_segment_with_the_models_own_pixel_statistics(tiny_clip, tmp_path):
+    """segment(norm="model") normalises with the statistics of the CLIP's weights' config (a hub folder's
+    preprocess_cfg here), exactly as if they were passed by hand, and differently from OpenAI's."""
+    import json
+
+    import numpy as np
+    import open_clip
+    from safetensors.torch import save_file
+
+    from tagalign import segment
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    stats = ((0.3, 0.4, 0.5), (0.2, 0.25, 0.3))
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": open_clip.get_model_config("tagalign-tiny"),
+         "preprocess_cfg": {"mean": list(stats[0]), "std": list(stats[1])}}))
+    save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, folder / "open_clip_model.safetensors")
+    model = TagAlign(load_clip("tagalign-tiny", str(folder)), tag_embeddings=None).eval()
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    kwargs = dict(short_side=96, inference={"crop": 64, "stride": 32})
+    own = segment(model, image, ["red", "blue", "green"], norm="model", **kwargs).probabilities
+    by_hand = segment(model, image, ["red", "blue", "green"], norm=stats, **kwargs).probabilities
+    openai = segment(model, image, ["red", "blue", "green"], norm="clip", **kwargs).probabilities
+    assert np.array_equal(own, by_hand) and not np.allclose(own, openai, atol=1e-3)

@@ -20,9 +20,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
-def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(name: str | tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of a named set, or a ``(mean, std)`` pair given as it is (e.g. a CLIP's own statistics)."""
+    if isinstance(name, tuple | list) and len(name) == 2:
+        return tuple(name[0]), tuple(name[1])
     if name not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got '{name}'")
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)} or model (the CLIP's own, where a "
+                         f"model is at hand), got '{name}'")
     return NORMALIZATIONS[name]
 
 

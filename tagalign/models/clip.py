@@ -98,7 +98,7 @@ def _tower_facts(model: nn.Module) -> dict:
     from .encoders.towers import UnsupportedTowerError, as_tower
 
     try:
-        tower = as_tower(model.visual)
+        tower = as_tower(getattr(model, "visual", None))
     except UnsupportedTowerError:
         return {"family": None, "map_readout": None}
     return {"family": tower.family, "map_readout": tower.map_readout}
