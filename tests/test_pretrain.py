@@ -104,3 +104,21 @@ def test_captions_say_what_they_mention():
     assert seen_colourless and seen_background
     caption, mentioned, background = describe_objects([], rng)
     assert caption in EMPTY_CAPTIONS and mentioned == [] and background
+
+
+def test_a_timm_tower_pretrains_and_reloads_through_its_hub_folder(tmp_path):
+    """The quickstart's --clip tagalign-tiny-mapvit-112 path: a custom-text config (timm tower with a MAP head)
+    pretrains as open_clip's CustomTextCLIP, learns the pairs, and loads back bit for bit with its family."""
+    config = open_clip.get_model_config("tagalign-tiny-mapvit-112")
+    small = {**config, "vision_cfg": {**config["vision_cfg"], "image_size": 32}}
+    model = pretrain_clip(small, _colour_pairs, PretrainConfig(steps=40, batch_size=12, lr=3e-3, warmup=2, seed=3,
+                                                                log_every=20))
+    assert type(model).__name__ == "CustomTextCLIP"
+    pixels, _ = _colour_pairs(np.random.default_rng(9), 30)
+    labels = [list(COLOURS).index(next(n for n, c in COLOURS.items() if tuple(p[:, 0, 0].tolist()) == c))
+              for p in pixels]
+    assert zero_shot_accuracy(model, pixels, labels, [f"a {n} picture" for n in COLOURS]) == 1.0
+    folder = save_open_clip_folder(model, small, tmp_path / "mapvit")
+    loaded = load_clip("tagalign-tiny-mapvit-112", pretrained=str(folder))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert loaded.tagalign_identity.family == "siglip"
