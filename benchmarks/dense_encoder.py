@@ -2,9 +2,12 @@
 size, same run.
 
     python benchmarks/dense_encoder.py [--model ViT-B-16-quickgelu] [--size 448] [--batch 1] [--repeats 5]
+    python benchmarks/dense_encoder.py --model EVA02-B-16 --size 224     # timm towers: at their native size
 
 Prints images/s for each, the time ratio against encode_image (surgery target <= 1.3; encoders that change only the
-last block should cost about the same as plain CLIP) and the machine.
+last block should cost about the same as plain CLIP) and the machine. Any tower family of docs/backbones.md; timm
+towers (SigLIP, PE-Core, EVA02) run open_clip's encode_image only at their native size, so the baseline is measured
+there; encoders not defined on the family are listed as such.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from _machine import machine_line
 
 from tagalign.models import ENCODERS, dense_features, load_clip
+from tagalign.models.encoders import UnsupportedTowerError, as_tower, check_encoder, interpolate_pos_embed
 
 
 def _time(fn, repeats: int) -> float:
@@ -42,17 +46,23 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = load_clip(args.model, device=args.device)
-    # open_clip's encode_image checks the positional-table size, so the baseline is built at the input size and
-    # given the same weights with the table resized the same way.
-    plain = open_clip.create_model(args.model, force_image_size=args.size, device=args.device).eval()
-    state = model.state_dict()
-    grid = args.size // model.visual.conv1.stride[0]
-    from tagalign.models.encoders import interpolate_pos_embed
-
-    state["visual.positional_embedding"] = interpolate_pos_embed(
-        state["visual.positional_embedding"], (grid, grid), tuple(model.visual.grid_size)
-    )
-    plain.load_state_dict(state)
+    tower = as_tower(model.visual)
+    if tower.family == "open_clip_vit":
+        # open_clip's encode_image checks the positional-table size, so the baseline is built at the input size and
+        # given the same weights with the table resized the same way.
+        plain = open_clip.create_model(args.model, force_image_size=args.size, device=args.device).eval()
+        state = model.state_dict()
+        grid = args.size // tower.patch_size[0]
+        state["visual.positional_embedding"] = interpolate_pos_embed(
+            state["visual.positional_embedding"], (grid, grid), tuple(model.visual.grid_size)
+        )
+        plain.load_state_dict(state)
+    else:
+        native = tuple(model.visual.trunk.patch_embed.img_size)
+        if native != (args.size, args.size) and not getattr(model.visual.trunk, "dynamic_img_size", False):
+            raise SystemExit(f"{args.model} is a {tower.family} tower: open_clip's encode_image runs it at its native "
+                             f"{native[0]}x{native[1]} only; pass --size {native[0]}")
+        plain = model
     images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
 
     def sync():
@@ -61,15 +71,23 @@ def main() -> None:
 
     with torch.inference_mode():
         t_plain = _time(lambda: (plain.encode_image(images), sync()), args.repeats)
-        timings = {name: _time(lambda name=name: (dense_features(model, images, name), sync()), args.repeats)
-                   for name in ENCODERS}
+        timings, undefined = {}, {}
+        for name in ENCODERS:
+            try:
+                check_encoder(name, None, model.visual)
+            except UnsupportedTowerError as err:
+                undefined[name] = str(err)
+                continue
+            timings[name] = _time(lambda name=name: (dense_features(model, images, name), sync()), args.repeats)
 
     print(machine_line(args.device))
-    print(f"model {args.model}, random weights, fp32, batch {args.batch}, {args.size}x{args.size}, "
-          f"median of {args.repeats}")
+    print(f"model {args.model} ({tower.family} tower), random weights, fp32, batch {args.batch}, "
+          f"{args.size}x{args.size}, median of {args.repeats}")
     print(f"{'open_clip encode_image':<24}{t_plain:.3f} s/batch  {args.batch / t_plain:.2f} images/s  (baseline)")
     for name, seconds in timings.items():
         print(f"{name:<24}{seconds:.3f} s/batch  {args.batch / seconds:.2f} images/s  ratio {seconds / t_plain:.3f}")
+    for name, reason in undefined.items():
+        print(f"{name:<24}not run: {reason}")
 
 
 if __name__ == "__main__":
