@@ -7,7 +7,8 @@ size, same run.
 Prints images/s for each, the time ratio against encode_image (surgery target <= 1.3; encoders that change only the
 last block should cost about the same as plain CLIP) and the machine. Any tower family of docs/backbones.md; timm
 towers (SigLIP, PE-Core, EVA02) run open_clip's encode_image only at their native size, so the baseline is measured
-there; encoders not defined on the family are listed as such.
+there; encoders not defined on the family are listed as such. A VFM-guided encoder (proxyclip) runs its second model
+(full size, random weights) inside its time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from _machine import machine_line
 
 from tagalign.models import ENCODERS, dense_features, load_clip
-from tagalign.models.encoders import UnsupportedTowerError, as_tower, check_encoder, interpolate_pos_embed
+from tagalign.models.encoders import UnsupportedTowerError, as_tower, check_encoder, interpolate_pos_embed, needs_vfm
+from tagalign.models.vfm import load_vfm
 
 
 def _time(fn, repeats: int) -> float:
@@ -78,7 +80,9 @@ def main() -> None:
             except UnsupportedTowerError as err:
                 undefined[name] = str(err)
                 continue
-            timings[name] = _time(lambda name=name: (dense_features(model, images, name), sync()), args.repeats)
+            vfm = load_vfm(needs_vfm(name), pretrained=False, device=args.device) if needs_vfm(name) else None
+            timings[name] = _time(lambda name=name, vfm=vfm: (dense_features(model, images, name, vfm=vfm), sync()),
+                                  args.repeats)  # a VFM-guided encoder's time includes its second model's pass
 
     print(machine_line(args.device))
     print(f"model {args.model} ({tower.family} tower), random weights, fp32, batch {args.batch}, "

@@ -34,7 +34,8 @@ class PatchFeatureCache:
         def encode_patches(images: torch.Tensor) -> torch.Tensor:
             data = images.detach().to("cpu", torch.float32).contiguous()
             digest = hashlib.sha1(data.numpy().tobytes()).hexdigest()
-            encoder = tuple(sorted((k, repr(v)) for k, v in model.encoder_config.items()))
+            encoder = tuple(sorted((k, repr(v.identity() if hasattr(v, "identity") else v))
+                                   for k, v in model.encoder_config.items()))
             key = (id(model.clip), encoder, tuple(images.shape), digest)
             if key in self.entries:
                 self.hits += 1

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.transforms import load_image, resize_probs, resize_short_side, to_tensor
+from .data.transforms import load_image, normalization, resize_probs, resize_short_side, to_tensor
 from .models.clip import DEFAULT_TEMPLATES, encode_texts
 from .models.text import RAM_REWEIGHT_SCALE, class_text_embeddings, encode_descriptions, reweighted_cosines
 from .segmentation.inference import InferenceConfig, check_patch_grid, predict_probabilities
@@ -93,8 +93,10 @@ def segment(model, image, texts: str | Sequence[str], background: bool = True, s
         raise ValueError(f"the image is {array.shape[0]}x{array.shape[1]} pixels; resized to short side {short_side} "
                          f"with the long side at most 2048 it is {resized.shape[0]}x{resized.shape[1]}, thinner than "
                          f"one {patch}-pixel patch of the model")
-    probs = predict_probabilities(model, to_tensor(resized, model_statistics(model, norm)).to(device), text_emb,
-                                  False, config)
+    statistics = model_statistics(model, norm)
+    if getattr(model, "vfm", None) is not None:  # the second model un-normalises the windows with these
+        model.vfm.input_statistics = normalization(statistics)
+    probs = predict_probabilities(model, to_tensor(resized, statistics).to(device), text_emb, False, config)
     probs = resize_probs(probs, array.shape[:2])[0]
     per_class, start = [], 0
     for synonyms in classes:  # a class scores the max over its synonyms

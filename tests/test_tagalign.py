@@ -183,7 +183,7 @@ def test_projector_reads_the_chosen_encoders_tokens(encoder, tiny_clip):
     native = torch.randn(1, 3, 224, 224)  # open_clip's own forward needs the native size
     global_embedding, patches = model.encode_dense(native)
     assert torch.allclose(global_embedding, tiny_clip.encode_image(native), atol=1e-5)
-    assert torch.allclose(patches, ENCODERS[encoder](tiny_clip.visual, native), atol=1e-6)
+    assert torch.allclose(patches, model.token_map(ENCODERS[encoder](tiny_clip.visual, native), native), atol=1e-6)
     assert model.config["encoder"] == encoder
 
 

@@ -35,7 +35,8 @@ def main() -> None:
                         help="tiny-CLIP contrastive pretraining steps of 64 pairs (default: 400)")
     parser.add_argument("--config", default=str(ROOT / "configs/quickstart.py"))
     parser.add_argument("--encoder", choices=sorted(ENCODERS),
-                        help="the dense encoder the projector trains on (default: surgery, TagAlign's)")
+                        help="the dense encoder the projector trains on (default: surgery, TagAlign's; proxyclip reads "
+                             "a tiny random DINO ViT-B/8 here, nothing is downloaded)")
     parser.add_argument("--clip", default=None,
                         help="the tiny CLIP's open_clip config, pretrained from scratch on the shapes world (default: "
                              "tagalign-tiny-112; tagalign-tiny-mapvit-112: a SigLIP2-style tower with a MAP head, "

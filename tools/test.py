@@ -39,8 +39,10 @@ from tagalign.models.encoders import (  # noqa: E402
     UnsupportedTowerError,
     check_encoder,
     describe_options,
+    needs_vfm,
 )
 from tagalign.models.templates import TEMPLATE_SETS  # noqa: E402
+from tagalign.models.vfm import VFM_CATALOG, VfmWeightsUnavailableError  # noqa: E402
 from tagalign.segmentation.benchmarks import (  # noqa: E402
     BENCHMARKS,
     EXTRA_BENCHMARKS,
@@ -71,6 +73,8 @@ def _option(text: str) -> tuple[str, str]:
 def _check_encoder_options(args) -> None:
     """Refuse unknown, mistyped or out-of-range encoder options before any model or dataset is loaded."""
     args.encoder_options = dict(args.encoder_options) if args.encoder_options else None
+    if (args.vfm or args.vfm_weights) and args.encoder not in (None, "all") and not needs_vfm(args.encoder):
+        sys.exit(f"Not starting: encoder '{args.encoder}' reads no second vision model; leave out --vfm/--vfm-weights")
     if not args.encoder_options:
         return
     if args.encoder == "all":
@@ -127,6 +131,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder-options", nargs="+", type=_option, metavar="NAME=VALUE",
                         help="options of the chosen encoder, e.g. sigma=3.0; each encoder's: "
                              + " | ".join(f"{name}: {describe_options(fn)}" for name, fn in ENCODERS.items()))
+    parser.add_argument("--vfm", choices=list(VFM_CATALOG),
+                        help="the second vision model of a VFM-guided encoder (proxyclip; default: the checkpoint's, "
+                             "else the encoder's own, DINO ViT-B/8); docs/encoders.md")
+    parser.add_argument("--vfm-weights", help="its weights: a local file, or 'tiny' for a seeded tiny random model "
+                                              "(tests, CPU); default: the checkpoint's, else the Hugging Face hub")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="evaluation family (default: the preset's, or tagalign)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a method's own settings (and its encoder)")
     # single switches; unset ones come from the protocol/preset table for each dataset
@@ -330,12 +339,14 @@ def _previous(path: Path | None, resume: bool) -> dict:
 def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_dir: Path,
               save_preds: str | None = None, previous: dict | None = None,
               save_logits: str | None = None) -> dict[str, dict]:
+    reads_vfm = encoder is None or needs_vfm(encoder)  # None: the checkpoint's encoder decides
     return evaluate_many(keys, out=out, save_preds=save_preds, work_dir=work_dir, previous=previous,
                          save_logits=save_logits,
                          data_root=args.data_root,
                          checkpoint=args.checkpoint, clip=args.clip, pretrained=args.pretrained,
                          launcher=args.launcher, cfg_options=args.cfg_options, protocol=args.protocol,
                          preset=args.preset, encoder=encoder, encoder_options=args.encoder_options,
+                         vfm=args.vfm if reads_vfm else None, vfm_weights=args.vfm_weights if reads_vfm else None,
                          overrides=_overrides(args),
                          duplicate_names="keep" if args.keep_duplicate_names else "drop_from_background")
 
@@ -357,7 +368,7 @@ def run_comparison(args, keys: list[str]) -> None:
         try:
             results[encoder] = _evaluate(args, keys, encoder, None, Path(args.work_dir) / encoder, save_preds,
                                          previous.get(encoder), save_logits)
-        except UnsupportedTowerError as err:  # raised when the model is built, before any image is read
+        except (UnsupportedTowerError, VfmWeightsUnavailableError) as err:  # at model build, before any image
             skipped[encoder] = str(err)
             print(f"== encoder {encoder}: skipped, {err}")
             continue

@@ -10,6 +10,7 @@ import torch
 from .checkpoint import load_checkpoint, read_checkpoint
 from .clip import load_clip
 from .tagalign import TagAlign
+from .vfm import vfm_for
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def load_model(
     device: str | torch.device = "cpu",
     encoder: str | None = None,
     encoder_options: dict | None = None,
+    vfm: str | None = None,
+    vfm_weights: str | None = None,
 ) -> TagAlign:
     """A TagAlign model in eval mode.
 
@@ -33,7 +36,9 @@ def load_model(
     given (a local weights file, for instance); the CLIP weights hash is checked. Without a checkpoint the projector
     is untrained, i.e. the encoder's training-free baseline (CLIP surgery by default). With neither ``clip`` nor a
     checkpoint, the reference's OpenAI ViT-B/16 is loaded. ``encoder`` names the dense encoder (default: the
-    checkpoint's, else ``surgery``); a checkpoint trained on another encoder is refused.
+    checkpoint's, else ``surgery``); a checkpoint trained on another encoder is refused. ``vfm``/``vfm_weights``:
+    the second vision model of a VFM-guided encoder (``proxyclip``) and its weights (a file, ``tiny``, or None: the
+    checkpoint's source or the hub); see :func:`tagalign.models.vfm.vfm_for`.
     """
     config: dict = {}
     quick_gelu = None
@@ -53,14 +58,17 @@ def load_model(
     saved_encoder = config.get("encoder", "surgery")
     if encoder_options is None and encoder in (None, saved_encoder):
         encoder_options = config.get("encoder_options")  # the checkpoint's options belong to its own encoder only
+    encoder = encoder or saved_encoder
+    second_model = vfm_for(encoder, vfm, vfm_weights, config.get("vfm"), device)
     model = TagAlign(
         load_clip(clip, pretrained, device=device, force_quick_gelu=quick_gelu, map_readout=map_readout),
         surgery_layers=config.get("surgery_layers", 6),
         pos_interpolation=config.get("pos_interpolation", "bicubic"),
         projector=config.get("projector"),
-        encoder=encoder or saved_encoder,
+        encoder=encoder,
         encoder_options=encoder_options,
         tag_reweight=config.get("tag_reweight", False),  # its learned re-weighting temperature is in the checkpoint
+        vfm=second_model,
     ).to(device)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

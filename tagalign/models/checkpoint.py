@@ -96,6 +96,16 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, check_clip: bool 
             f"model uses '{model.encoder}' (options {model.encoder_options}): "
             f"the projector reads that encoder's tokens. Evaluate with --encoder {saved_encoder} (or leave it out)."
         )
+    saved_vfm = payload["config"].get("vfm")
+    current_vfm = model.vfm.identity() if getattr(model, "vfm", None) is not None else None
+    if saved_vfm and current_vfm and (saved_vfm["name"], saved_vfm["weights_hash"]) != (
+            current_vfm["name"], current_vfm["weights_hash"]):
+        raise CheckpointMismatchError(
+            f"{path} trained its projector beside second model '{saved_vfm['name']}' (weights {saved_vfm['source']}, "
+            f"hash {saved_vfm['weights_hash']}), but the model reads '{current_vfm['name']}' (weights "
+            f"{current_vfm['source']}, hash {current_vfm['weights_hash']}): load the same one (--vfm "
+            f"{saved_vfm['name']} --vfm-weights <its file>)."
+        )
     if payload["config"].get("surgery_layers") != model.surgery_layers:
         raise CheckpointMismatchError(
             f"{path} used surgery_layers={payload['config'].get('surgery_layers')}, the model has "

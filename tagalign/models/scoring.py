@@ -76,8 +76,7 @@ class DenseScoring:
         """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
         CLIP branch's, both from one encoder pass; ``feature_surgery`` applies CLIP Surgery's label-set step."""
         if feature_surgery:
-            global_embedding, patch_tokens = self.encode_dense(images)
-            patches = self.token_map(patch_tokens, images)
+            global_embedding, patches = self.encode_dense(images)
             cls = F.normalize(global_embedding, dim=-1)
         else:
             patches = self.encode_patches(images)

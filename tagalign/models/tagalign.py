@@ -20,10 +20,11 @@ from torch import nn
 
 from .checkpoint import CheckpointMismatchError
 from .encoders import (
-    ENCODERS,
     POS_INTERPOLATIONS,
     as_tower,
     check_encoder,
+    encode_tokens,
+    needs_vfm,
     surgery_patch_tokens,
     surgery_streams,
     validate_surgery_depth,
@@ -94,6 +95,8 @@ class TagAlign(DenseScoring, nn.Module):
         encoder: the dense encoder the projector reads (a name in :data:`tagalign.models.encoders.ENCODERS`);
             ``surgery`` is the reference. ``surgery_layers`` is the depth of ``surgery``/``clip_surgery``.
         encoder_options: keyword options of that encoder (e.g. ``{"sigma": 3.0}`` for ``naclip``).
+        vfm: the second vision model (:func:`tagalign.models.vfm.load_vfm`) of a VFM-guided encoder (``proxyclip``);
+            frozen, recorded in checkpoints by name and weights hash.
         tag_descriptions: a :class:`tagalign.models.text.DescriptionBank` of the tags' description embeddings.
         tag_reweight: score tags in the tag loss with RAM++'s automatic re-weighting of ``tag_descriptions`` (per
             image, queried with the image feature; a learnable temperature ``reweight_scale``, initially 1/0.07).
@@ -112,6 +115,7 @@ class TagAlign(DenseScoring, nn.Module):
         encoder_options: dict | None = None,
         tag_descriptions=None,
         tag_reweight: bool = False,
+        vfm: nn.Module | None = None,
     ):
         super().__init__()
         encoder_options = check_encoder(encoder, encoder_options, clip_model.visual)
@@ -126,6 +130,12 @@ class TagAlign(DenseScoring, nn.Module):
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got '{pos_interpolation}'")
         if encoder != "surgery" and pos_interpolation != "bicubic":
             raise ValueError(f"pos_interpolation applies to the surgery encoder only; '{encoder}' has its own")
+        if needs_vfm(encoder) and vfm is None:
+            raise ValueError(f"encoder '{encoder}' reads a second vision model: pass vfm=load_vfm("
+                             f"'{needs_vfm(encoder)}') (config: model.vfm)")
+        if vfm is not None and not needs_vfm(encoder):
+            raise ValueError(f"encoder '{encoder}' reads no second vision model; leave out vfm")
+        self.vfm = vfm.eval().requires_grad_(False) if vfm is not None else None
         self.pos_interpolation = pos_interpolation
         self.encoder = encoder
         self.encoder_options = dict(encoder_options or {})
@@ -172,6 +182,7 @@ class TagAlign(DenseScoring, nn.Module):
             "encoder": encoder,
             "encoder_options": self.encoder_options,
             "tag_reweight": self.tag_reweight,
+            "vfm": vfm.identity() if vfm is not None else None,
             "projector": None if isinstance(projector, nn.Module) else dict(projector or {}),
             "loss": {k: v for k, v in {**_LOSS_DEFAULTS, **(loss or {})}.items() if k != "tag_frequency"},
         })
@@ -186,7 +197,7 @@ class TagAlign(DenseScoring, nn.Module):
     def encoder_config(self) -> dict:
         """The keyword arguments that build this model's dense encoder (for a second model on the same tokens)."""
         return {"encoder": self.encoder, "encoder_options": dict(self.encoder_options),
-                "surgery_layers": self.surgery_layers, "pos_interpolation": self.pos_interpolation}
+                "surgery_layers": self.surgery_layers, "pos_interpolation": self.pos_interpolation, "vfm": self.vfm}
 
     @property
     def patch_size(self) -> int:
@@ -209,29 +220,33 @@ class TagAlign(DenseScoring, nn.Module):
     # ------------------------------------------------------------------ features
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(image embedding [B, D], patch tokens [B, h*w, width])``, frozen, no gradient: the unmodified tower's
-        own pooled embedding (CLS -> ln_post -> proj on CLIP ViTs; the MAP head on SigLIP/PE-Core) and the
+        """``(image embedding [B, D], patch token map [B, width, h, w])``, frozen, no gradient: the unmodified
+        tower's own pooled embedding (CLS -> ln_post -> proj on CLIP ViTs; the MAP head on SigLIP/PE-Core) and the
         encoder's patch tokens (the surgery encoders' original path gives the first for free)."""
         if self.encoder in _SURGERY_ENCODERS:
             pos_mode = self.pos_interpolation if self.encoder == "surgery" else "bilinear"
             original, patches = surgery_streams(self.tower, images, self.surgery_layers, pos_mode)
-            return self.tower.pooled(original), patches
-        return self.tower.encode(images), self._patch_tokens(images)
+            return self.tower.pooled(original), self.token_map(patches, images)
+        return self.tower.encode(images), self.encode_patches(images)
 
-    def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+    def _patch_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(tokens [B, h*w, width], (h, w))``: the tower's patch grid, or the second model's (``proxyclip``)."""
         if self.encoder == "surgery":
-            return surgery_patch_tokens(self.tower, images, self.surgery_layers, self.pos_interpolation)
+            tokens = surgery_patch_tokens(self.tower, images, self.surgery_layers, self.pos_interpolation)
+            return tokens, self.tower.grid(images)
         options = {"depth": self.surgery_layers} if self.encoder == "clip_surgery" else {}
-        return ENCODERS[self.encoder](self.tower, images, **options, **self.encoder_options)
+        return encode_tokens(self.encoder, self.tower, images, self.vfm, **options, **self.encoder_options)
 
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen encoder's patch tokens as a map ``[B, width, h, w]`` (before ln_post); no CLS token."""
-        return self.token_map(self._patch_tokens(images), images)
+        """The frozen encoder's patch tokens as a map ``[B, width, h, w]`` (before the dense head); no CLS token."""
+        tokens, grid = self._patch_tokens(images)
+        return self.token_map(tokens, grid)
 
-    def token_map(self, patch_tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens ``[B, h*w, C]`` of ``images`` as a map ``[B, C, h, w]``."""
-        h, w = self.tower.grid(images)
+    def token_map(self, patch_tokens: torch.Tensor, grid: tuple[int, int] | torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, h*w, C]`` as a map ``[B, C, h, w]``; ``grid`` is ``(h, w)`` or the images (their patch
+        grid)."""
+        h, w = self.tower.grid(grid) if torch.is_tensor(grid) else grid
         return patch_tokens.transpose(1, 2).reshape(patch_tokens.shape[0], patch_tokens.shape[-1], h, w)
 
     def _clip_projection(self, patches: torch.Tensor) -> torch.Tensor:

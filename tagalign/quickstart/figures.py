@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.synthetic import SHAPE_CLASSES
+from .world import quickstart_vfm_weights
 
 __all__ = ["write_figures"]
 
@@ -28,7 +29,8 @@ def write_figures(checkpoints: dict[str, Path | None], world: dict, data_root: P
     from .world import INFERENCE
 
     config = InferenceConfig(**INFERENCE)
-    models = {name: load(ckpt, clip=world["clip_name"], pretrained=world["clip"], encoder=encoder)
+    models = {name: load(ckpt, clip=world["clip_name"], pretrained=world["clip"], encoder=encoder,
+                         vfm_weights=quickstart_vfm_weights(encoder))
               for name, ckpt in checkpoints.items()}
 
     image = load_image(sorted((data_root / "shapes_bg_voc/JPEGImages").glob("*.jpg"))[0])

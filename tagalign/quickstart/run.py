@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..models.pretrain import PretrainConfig
-from .world import INFERENCE, TAG_DIRS, build_shapes_world
+from .world import INFERENCE, TAG_DIRS, build_shapes_world, quickstart_vfm_weights
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def run_quickstart(config: str | os.PathLike = "configs/quickstart.py", work_roo
     if encoder:
         cfg.model.encoder = encoder
     encoder = cfg.model.get("encoder", "surgery")
+    if quickstart_vfm_weights(encoder):  # no downloads here: a tiny random second model of its architecture
+        cfg.model.vfm_weights = quickstart_vfm_weights(encoder)
     pretrain = PretrainConfig(steps=pretrain_steps) if pretrain_steps else PretrainConfig()
     world = build_shapes_world(data_root, pretrain=pretrain, **({"clip_name": clip} if clip else {}))
     cfg.model.clip = cfg.train_dataloader.dataset.clip = world["clip_name"]
@@ -106,15 +108,17 @@ def _scores(checkpoint: Path | None, world: dict, data_root: Path, work_dir: Pat
     from ..segmentation.evaluate import evaluate
     from ..segmentation.referring import evaluate_referring
 
+    vfm_weights = quickstart_vfm_weights(encoder)
     common = dict(data_root=data_root, clip=world["clip_name"], pretrained=world["clip"], inference=INFERENCE,
                   checkpoint=None if checkpoint is None else str(checkpoint),
-                  encoder=encoder if checkpoint is None else None)
+                  encoder=encoder if checkpoint is None else None, vfm_weights=vfm_weights)
     scores = {
         "with_bg_mIoU": evaluate("shapes_bg", work_dir=work_dir / "shapes_bg", protocol="sclip", **common)["mIoU"],
         "with_bg_threshold_mIoU": evaluate("shapes_bg", work_dir=work_dir / "shapes_bg_threshold", **common)["mIoU"],
         "without_bg_mIoU": evaluate("shapes", work_dir=work_dir / "shapes", **common)["mIoU"],
     }
-    model = load(checkpoint, clip=world["clip_name"], pretrained=world["clip"], encoder=encoder)
+    model = load(checkpoint, clip=world["clip_name"], pretrained=world["clip"], encoder=encoder,
+                 vfm_weights=vfm_weights)
     for mode, suffix in (("background", ""), ("threshold", "_threshold")):
         result = evaluate_referring(model, data_root / "refer", "shapes-ref", "val", binarize_mode=mode,
                                     inference=INFERENCE, short_side=224, progress=False)

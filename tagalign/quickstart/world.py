@@ -40,7 +40,7 @@ from ..tagging.benchmark import write_benchmark
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIP_NAME", "INFERENCE", "TAG_DIRS", "WORLD_VERSION", "build_shapes_world"]
+__all__ = ["CLIP_NAME", "INFERENCE", "TAG_DIRS", "WORLD_VERSION", "build_shapes_world", "quickstart_vfm_weights"]
 
 #: The tiny CLIP's architecture (``tagalign/models/model_configs``): 8 blocks of width 64, 16-pixel patches, 112 px.
 CLIP_NAME = "tagalign-tiny-112"
@@ -50,6 +50,13 @@ TAG_DIRS = {"objects+attributes": "tags", "objects": "tags_objects"}
 #: Sliding-window settings of every evaluation (short side 224 = twice the tiny CLIP's 112 px, as the reference
 #: evaluates its 224 px CLIP at 448).
 INFERENCE = dict(crop=224, stride=112)
+
+
+def quickstart_vfm_weights(encoder: str) -> str | None:
+    """``tiny`` for an encoder that reads a second vision model (the quickstart downloads nothing), else None."""
+    from ..models.encoders import needs_vfm
+
+    return "tiny" if needs_vfm(encoder) else None
 
 
 def build_shapes_world(root: str | os.PathLike, num_train: int = 2000, num_eval: int = 40, seed: int = 0,

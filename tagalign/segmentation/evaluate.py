@@ -85,6 +85,8 @@ def build_test_config(
     preset: str | None = None,
     encoder: str | None = None,
     encoder_options: dict | None = None,
+    vfm: str | None = None,
+    vfm_weights: str | None = None,
     overrides: dict | None = None,
     duplicate_names: str = "drop_from_background",
 ) -> Config:
@@ -105,7 +107,8 @@ def build_test_config(
         settings["inference"]["feature_surgery"] = True  # the original method scores through its feature surgery
     settings["encoder"] = encoder
     settings["model"] = {"checkpoint": checkpoint, "clip": clip, "pretrained": pretrained,
-                         "encoder_options": encoder_options, "duplicate_names": duplicate_names}
+                         "encoder_options": encoder_options, "duplicate_names": duplicate_names,
+                         **({"vfm": vfm, "vfm_weights": vfm_weights} if vfm or vfm_weights else {})}
     templates = settings["templates"]
     templates = list(TEMPLATE_SETS[templates]) if isinstance(templates, str) else list(templates)
     names = class_name_groups(key, settings["class_names"], dataset_classes)
@@ -123,6 +126,8 @@ def build_test_config(
             pretrained=pretrained,
             encoder=encoder,
             encoder_options=encoder_options,
+            vfm=vfm,
+            vfm_weights=vfm_weights,
             templates=templates,
             normalize_each_template=settings["normalize_each_template"],
             duplicate_names=duplicate_names,

@@ -43,6 +43,8 @@ class TagAlignSegmentor(BaseSegmentor):
             baseline).
         clip, pretrained: the CLIP to load (default: the checkpoint's, or OpenAI ViT-B/16).
         encoder, encoder_options: the dense encoder (default: the checkpoint's, else ``surgery``).
+        vfm, vfm_weights: a VFM-guided encoder's second model and its weights (``tagalign.models.vfm.vfm_for``); it
+            sees the windows re-normalised from the data preprocessor's statistics.
         templates: prompt templates (reference: the single "a photo of a {}.").
         normalize_each_template: L2-normalise each template's embedding before the mean (the SCLIP family).
         duplicate_names: ``drop_from_background`` or ``keep`` (see :func:`.class_names.resolve_duplicates`).
@@ -64,6 +66,8 @@ class TagAlignSegmentor(BaseSegmentor):
         inference: dict | None = None,
         encoder: str | None = None,
         encoder_options: dict | None = None,
+        vfm: str | None = None,
+        vfm_weights: str | None = None,
         normalize_each_template: bool = False,
         duplicate_names: str = "drop_from_background",
         has_background: bool | None = None,
@@ -74,7 +78,11 @@ class TagAlignSegmentor(BaseSegmentor):
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.tagalign = load(checkpoint, clip=clip, pretrained=pretrained, encoder=encoder,
-                             encoder_options=encoder_options)
+                             encoder_options=encoder_options, vfm=vfm, vfm_weights=vfm_weights)
+        if getattr(self.tagalign, "vfm", None) is not None and data_preprocessor:
+            # the second model un-normalises windows with the statistics they were normalised with
+            self.tagalign.vfm.input_statistics = tuple(tuple(v / 255 for v in data_preprocessor[key])
+                                                       for key in ("mean", "std"))
         self.inference_cfg = InferenceConfig(**(inference or {}))
         if getattr(self.tagalign, "patch_size", None):  # test doubles without a tower have none
             check_patch_grid(self.inference_cfg, self.tagalign.patch_size)

@@ -95,8 +95,8 @@ def build_tag_texts(model, tags: Sequence[str], prompts: Sequence[str],
 @torch.no_grad()
 def _features(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(global CLIP embedding [B, D], projected dense map [B, D, h, w])`` from one encoder pass."""
-    global_emb, patch_tokens = model.encode_dense(pixels)
-    dense = model.projector(model.token_map(patch_tokens, pixels))
+    global_emb, patches = model.encode_dense(pixels)
+    dense = model.projector(patches)
     return global_emb.float(), dense.float()
 
 

@@ -11,6 +11,7 @@ from mmengine.registry import MODELS
 
 from ..models.clip import clip_identity, load_clip
 from ..models.tagalign import TagAlign
+from ..models.vfm import vfm_for
 from ..tags.embed import load_tag_embeddings
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,16 @@ class TagAlignTrainModel(BaseModel):
             of a {tag}.", the reference), ``descriptions`` (the LLM-description ensemble) or ``reweighted`` (RAM++'s
             per-image re-weighting of the descriptions, learnable temperature). The last two need
             ``tag_embeddings.pt`` from ``tools/parse_tags.py embed --text descriptions`` (or ``both``).
+        vfm, vfm_weights: the second vision model of a VFM-guided encoder (``encoder="proxyclip"``) and its weights
+            (a file, ``tiny``, or None for the hub's); it sees the training images as normalised (ImageNet's
+            statistics, the training default).
     """
 
     def __init__(self, clip: str, pretrained: str | None, tag_embeddings: str, tag_frequency: str | None = None,
                  surgery_layers: int = 6, projector: dict | None = None, loss: dict | None = None,
                  pos_interpolation: str = "bicubic", encoder: str = "surgery", encoder_options: dict | None = None,
-                 tag_text: str = "template", data_preprocessor: dict | None = None):
+                 tag_text: str = "template", vfm: str | None = None, vfm_weights: str | None = None,
+                 data_preprocessor: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(type="BaseDataPreprocessor"))
         clip_model = load_clip(clip, pretrained)
         payload = load_tag_embeddings(tag_embeddings)
@@ -100,7 +105,8 @@ class TagAlignTrainModel(BaseModel):
         self.tagalign = TagAlign(clip_model, embeddings, surgery_layers, projector, loss,
                                  tag_names=payload["tags"], pos_interpolation=pos_interpolation, encoder=encoder,
                                  encoder_options=encoder_options, tag_descriptions=bank,
-                                 tag_reweight=tag_text == "reweighted")
+                                 tag_reweight=tag_text == "reweighted",
+                                 vfm=vfm_for(encoder, vfm, vfm_weights))
 
     def forward(self, images: torch.Tensor, text_tokens=None, tag_ids=None, mode: str = "loss", **unused):
         if mode != "loss":

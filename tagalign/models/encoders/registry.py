@@ -22,11 +22,13 @@ from torch import nn
 
 from .options import describe_options, validate_options
 from .plain import maskclip, vanilla
+from .proxyclip import proxyclip
 from .sclip_family import clearclip, naclip, sclip
 from .surgery import clip_surgery, surgery
-from .towers import as_tower
+from .towers import Tower, as_tower
 
-__all__ = ["ENCODERS", "check_encoder", "dense_features", "options_table", "register_encoder"]
+__all__ = ["ENCODERS", "check_encoder", "dense_features", "encode_tokens", "needs_vfm", "options_table",
+           "register_encoder"]
 
 #: Encoder name -> patch-token function, in the order ``--encoder all`` runs them.
 ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -37,6 +39,7 @@ ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
     "naclip": naclip,
     "surgery": surgery,
     "clip_surgery": clip_surgery,
+    "proxyclip": proxyclip,
 }
 
 
@@ -60,6 +63,26 @@ def check_encoder(encoder: str, options: dict | None = None, visual: nn.Module |
     return checked
 
 
+def needs_vfm(encoder: str) -> str | None:
+    """The name of the second vision model the encoder reads by default (:mod:`tagalign.models.vfm`), or None."""
+    return getattr(ENCODERS[encoder], "needs_vfm", None)
+
+
+def encode_tokens(encoder: str, visual: nn.Module | Tower, images: torch.Tensor, vfm: nn.Module | None = None,
+                  **options) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``(tokens [B, h*w, width] before the dense head, (h, w))``: the encoder's patch tokens and their grid, the
+    tower's patch grid, or for VFM-guided encoders (``proxyclip``) the second model's."""
+    function = ENCODERS[encoder]
+    if needs_vfm(encoder):
+        if vfm is None:
+            raise ValueError(f"encoder '{encoder}' reads a second vision model: pass "
+                             f"vfm=load_vfm('{needs_vfm(encoder)}') (tools: --vfm NAME; docs/encoders.md)")
+        out = function(visual, images, vfm=vfm, **options)
+    else:
+        out = function(visual, images, **options)
+    return out if isinstance(out, tuple) else (out, as_tower(visual).grid(images))
+
+
 def options_table() -> str:
     """Every encoder's declared options as a Markdown table (docs/encoders.md holds this text verbatim)."""
     rows = [f"| `{name}` | {describe_options(function)} |" for name, function in ENCODERS.items()]
@@ -67,12 +90,13 @@ def options_table() -> str:
 
 
 @torch.no_grad()
-def dense_features(clip: nn.Module, images: torch.Tensor, encoder: str = "surgery", **options) -> torch.Tensor:
+def dense_features(clip: nn.Module, images: torch.Tensor, encoder: str = "surgery", vfm: nn.Module | None = None,
+                   **options) -> torch.Tensor:
     """``[B, output_dim, h, w]`` dense features (after the tower's dense head, unnormalised) of normalised
-    ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``), from the named encoder."""
+    ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``; a VFM-guided encoder's grid is its second
+    model's), from the named encoder; ``vfm``: the second model, for the encoders that read one."""
     tower = as_tower(clip.visual)
     options = check_encoder(encoder, options, clip.visual)
-    tokens = ENCODERS[encoder](tower, images, **options)
-    h, w = tower.grid(images)
+    tokens, (h, w) = encode_tokens(encoder, tower, images, vfm, **options)
     features = tower.dense_head()(tokens)
     return features.transpose(1, 2).reshape(images.shape[0], -1, h, w)
