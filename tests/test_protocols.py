@@ -262,7 +262,13 @@ SPEC_TABLE = {
                   "coco_object": (448, 448, 224, 50, 0.4), "voc20": (448, 448, 224, 50, 0.0),
                   "context59": (448, 448, 224, 50, 0.0), "coco_stuff": (448, 448, 224, 50, 0.0),
                   "cityscapes": (448, 224, 224, 50, 0.0), "ade20k": (448, 448, 224, 50, 0.0)},
+    "proxyclip": {"voc": (336, 336, 112, 40, 0.2), "context": (336, 336, 112, 40, 0.15),
+                  "coco_object": (336, 336, 112, 40, 0.25), "voc20": (336, 336, 112, 40, 0.0),
+                  "context59": (336, 336, 112, 40, 0.0), "coco_stuff": (336, 336, 112, 40, 0.0),
+                  "cityscapes": (448, 224, 112, 40, 0.0), "ade20k": (448, 336, 112, 40, 0.0)},
 }
+PAD_TO = {"clearclip": 16, "proxyclip": 56}
+NAME_SET = {"clearclip": "plain", "proxyclip": "proxyclip"}
 
 
 @pytest.mark.parametrize("preset", sorted(SPEC_TABLE))
@@ -280,8 +286,8 @@ def test_presets_follow_the_spec_table(preset):
         assert settings["normalize_each_template"] is True
         assert inference["pamr"] is (preset == "naclip")
         assert inference["area_thd"] == (0.1 if (preset, key) == ("sclip", "voc") else None)
-        assert inference["pad_to"] == (16 if preset == "clearclip" else 0)
-        assert settings["class_names"] == ("plain" if preset == "clearclip" else "sclip")
+        assert inference["pad_to"] == PAD_TO.get(preset, 0)
+        assert settings["class_names"] == NAME_SET.get(preset, "sclip")
 
 
 def test_tagalign_protocol_is_the_reference_evaluation():
@@ -324,6 +330,17 @@ def test_sclip_name_files_have_the_spec_counts():
     coco = class_name_groups("coco_object", "sclip", _dataset_classes("coco_object"))
     assert coco[0] == BG_NAMES and len(coco[1]) == 8 and coco[60] == ["bed"]
     assert class_name_groups("voc", "plain", _dataset_classes("voc"))[0] == ["background"]
+    # ProxyCLIP's (spec-1 §8): VOC 46 queries (26 background names, no person/tv expansion), COCO-Object 97 (17
+    # background names), VOC20 plain; its other files are SCLIP's
+    proxy_counts = {"voc": 46, "voc20": 20, "coco_object": 97}
+    for key in ("voc", "voc20", "coco_object", "context", "ade20k"):
+        classes = _dataset_classes(key)
+        groups = class_name_groups(key, "proxyclip", classes)
+        assert sum(len(g) for g in groups) == proxy_counts.get(key, len(classes)), key
+    proxy_voc = class_name_groups("voc", "proxyclip", _dataset_classes("voc"))
+    assert proxy_voc[0] == BG_NAMES and proxy_voc[15] == ["person"]
+    assert class_name_groups("coco_object", "proxyclip", _dataset_classes("coco_object"))[0] == [
+        *BG_NAMES[:14], "floor", "hill", "rail"]
 
 
 def test_the_coco_object_bed_clash_does_not_lose_a_class(caplog):

@@ -157,6 +157,30 @@ def test_one_encoder_prints_its_published_numbers_and_resumes(one_image_layouts,
     assert json.loads(out.read_text())["voc20"]["settings"]["inference"]["logit_scale"] == 30.0
 
 
+def test_proxyclip_preset_runs_its_protocol_with_its_second_model(one_image_layouts, tiny_clip_file, tmp_path):
+    """--preset proxyclip: 336/112 windows padded to 56, τ 40, prob_thd 0.2 on VOC, ProxyCLIP's names; the second model
+    (a tiny DINO ViT-B/8) is recorded; the published number is printed beside ours; mIoU recomputed from the labels."""
+    out, preds = tmp_path / "proxy.json", tmp_path / "preds"
+    result = _run_test_tool(["--dataset", "voc", "--preset", "proxyclip", "--vfm-weights", "tiny", "--data-root",
+                             str(one_image_layouts), "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file,
+                             "--out", str(out), "--save-preds", str(preds), "--work-dir", str(tmp_path / "w"),
+                             "--prompt-set", "simple"], tmp_path)
+    run = json.loads(out.read_text())["voc"]
+    inference = run["settings"]["inference"]
+    assert run["encoder"] == "proxyclip"
+    assert (inference["crop"], inference["stride"], inference["pad_to"], inference["logit_scale"],
+            inference["prob_thd"]) == (336, 112, 56, 40.0, 0.2)
+    assert run["settings"]["class_names"] == "proxyclip" and run["settings"]["model"]["vfm_weights"] == "tiny"
+    assert f"{run['mIoU']:>8.2f}{61.3:>11.2f}" in result.stdout
+    layout = LAYOUTS["voc"]
+    miou, _ = _independent_miou(one_image_layouts / layout.subdir / layout.seg_dir, ".png", preds / "voc", "", 21,
+                                False)
+    assert abs(run["mIoU"] - miou) <= 1e-6
+    refused = subprocess.run([sys.executable, str(ROOT / "tools/test.py"), "--dataset", "voc", "--encoder", "sclip",
+                              "--vfm", "dino_vitb8"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "reads no second vision model" in refused.stderr
+
+
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):
     with pytest.raises(MissingDatasetError, match=r"VOC2012/JPEGImages.*docs/datasets.md#voc"):
         resolve_data_root(BENCHMARKS["voc"], tmp_path)

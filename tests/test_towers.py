@@ -319,8 +319,9 @@ def test_patch_14_at_336_reads_its_native_grid_and_windows_keep_to_it(tmp_path):
         check_patch_grid(InferenceConfig(crop=crop, stride=stride), 16)
     with pytest.raises(ValueError, match="crop=320 is not a multiple of this tower's patch size 14.*308 or 322"):
         check_patch_grid(InferenceConfig(crop=320, stride=160), 14)
-    with pytest.raises(ValueError, match="pad_to=16.*--pad-to 14"):
-        check_patch_grid(InferenceConfig(crop=448, stride=224, pad_to=16), 14)
+    with pytest.raises(ValueError, match="crop=320 .*or --pad-to 14"):
+        check_patch_grid(InferenceConfig(crop=320, stride=160, pad_to=16), 14)  # 16 does not put it on the grid
+    check_patch_grid(InferenceConfig(crop=336, stride=112, pad_to=56), 16)  # ProxyCLIP's: whole CLIP patches
     check_patch_grid(InferenceConfig(crop=73, stride=40, pad_to=14), 14)  # padding puts the window on the grid
 
 

@@ -108,6 +108,8 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
     "clearclip": ("ClearCLIP README (bg columns: ResCLIP, 3rd-party)",
                   _row(51.8, 32.6, 33.0, 80.9, 35.9, 23.9, 30.0, 16.7)),
     "naclip": ("NACLIP README, PAMR on", _row(64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05)),
+    "proxyclip": ("ProxyCLIP + DINO ViT-B/8 (Trident's table, 3rd-party; its README gives only averages)",
+                  _row(61.3, 35.3, 37.5, 80.3, 39.1, 26.5, 38.1, 20.2)),
     "naclip_no_pamr": ("NACLIP without PAMR (ResCLIP and Trident, 3rd-party)",
                        _row(58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4)),
     "clip_surgery": ("CLIP Surgery paper Table 6 (Context column: 59 or 60 unverified)",

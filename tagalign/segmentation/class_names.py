@@ -7,6 +7,8 @@ Every name of a class becomes a text query; a class scores the max over its quer
   person and tv monitor get expansions, "ship"/"table" rename boat/diningtable; the other datasets use squashed names
   ("trafficlight", "chestofdrawers").
 * ``plain``: ClearCLIP's: the same, but a plain "background" and no person/tv expansions.
+* ``proxyclip``: ProxyCLIP's (its files split on "; ", stored here as ", "): VOC's 26 background names without the
+  person/tv expansions, COCO-Object's 17 background names; its other files equal ``sclip``'s.
 * a path to a file in that format.
 
 A name that appears in two classes can never win for the later one (``torch.argmax`` takes the first maximum): in
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["NAME_SETS", "class_name_groups", "read_name_file", "resolve_duplicates"]
 
-NAME_SETS = ("dataset", "sclip", "plain")
+NAME_SETS = ("dataset", "sclip", "plain", "proxyclip")
 _FILES = Path(__file__).parent / "class_names"
 
 

@@ -61,22 +61,21 @@ class InferenceConfig:
 
 def check_patch_grid(config: InferenceConfig, patch: int) -> None:
     """Sliding windows must tile the tower's patch grid (patch 14 or 16): a window that is not a multiple of the patch
-    loses its last pixels to the patch embedding and its maps are stretched over them. Either the window is a
-    multiple of the patch, or ``pad_to`` pads it to one (ClearCLIP pads to its patch size; on a patch-14 tower its
-    preset needs ``--pad-to 14``).
+    loses its last pixels to the patch embedding and its maps are stretched over them. The window must be a multiple
+    of the patch, or ``pad_to`` must pad it to one (ClearCLIP pads to its patch size; on a patch-14 tower its preset
+    needs ``--pad-to 14``). ProxyCLIP's ``pad_to=56`` serves its second model's patches (8, 14); its 336 windows are
+    whole CLIP patches.
 
     The SCLIP family's 224/112 and ClearCLIP's 448/224 windows are multiples of 112 = lcm(14, 16), so they hold for
     both patch sizes; ProxyCLIP runs ViT-L/14 at 336/112."""
-    if config.pad_to:
-        if config.pad_to % patch:
-            raise ValueError(f"inference pad_to={config.pad_to} is not a multiple of this tower's patch size "
-                             f"{patch}: padded windows would leave the patch grid; use --pad-to {patch}")
+    if config.mode != "slide" or config.crop % patch == 0:
         return
-    if config.mode == "slide" and config.crop % patch:
-        low = config.crop - config.crop % patch
-        raise ValueError(f"inference crop={config.crop} is not a multiple of this tower's patch size {patch}: its "
-                         f"last {config.crop % patch} pixels would be dropped; use --crop {low or patch} or "
-                         f"{low + patch}, or --pad-to {patch}")
+    if config.pad_to and config.pad_to % patch == 0:
+        return
+    low = config.crop - config.crop % patch
+    raise ValueError(f"inference crop={config.crop} is not a multiple of this tower's patch size {patch}: its last "
+                     f"{config.crop % patch} pixels would be dropped; use --crop {low or patch} or {low + patch}, or "
+                     f"--pad-to {patch}")
 
 
 def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
