@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from PIL import Image
 
 import tagalign
 from tagalign.data.synthetic import render_scene
+from tagalign.data.transforms import load_image
 from tagalign.models import TagAlign, encode_texts, load_clip, save_checkpoint
-from tagalign.visualize import text_size
+from tagalign.visualize import overlay, text_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,3 +160,22 @@ def test_descriptions_replace_the_templates_in_segment_and_the_demo(trained, tmp
     expected = tagalign.tag(model, root / "scene.jpg", top_k=3, descriptions=descriptions, prompts="reweighted")
     assert "tags: " + ", ".join(f"{t} ({s:.2f})" for t, s in expected) in result.stdout
     assert sorted(t for t, _ in expected) == ["red", "sky", "square"]
+
+
+def test_demo_picks_another_encoder_and_its_second_model(trained, clip_file, tmp_path):
+    """tools/demo.py --encoder proxyclip --vfm-weights tiny: the untrained projector on ProxyCLIP's tokens (a tiny
+    DINO ViT-B/8); its overlay equals tagalign.segment on the same model."""
+    root, _ = trained
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools/demo.py"), str(root / "scene.jpg"), "--texts", "red", "blue",
+         "--clip", "tagalign-tiny", "--pretrained", clip_file, "--encoder", "proxyclip", "--vfm-weights", "tiny",
+         "--out", str(out), "--short-side", "224"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = tagalign.load(clip="tagalign-tiny", pretrained=clip_file, encoder="proxyclip", vfm_weights="tiny")
+    assert model.vfm.name == "dino_vitb8"
+    expected = tagalign.segment(model, root / "scene.jpg", ["red", "blue"], short_side=224)
+    assert np.array_equal(np.asarray(Image.open(out / "scene_overlay.png")),
+                          np.asarray(overlay(load_image(root / "scene.jpg"), expected.labels, expected.names)))

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tagalign  # noqa: E402
+from tagalign.models import ENCODERS  # noqa: E402
 from tagalign.webapp import SegmentationDemo, build_app  # noqa: E402
 
 QUICKSTART = Path("work_dirs/quickstart")
@@ -28,6 +29,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="trained projector checkpoint (default: the quickstart's)")
     parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's)")
     parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's)")
+    parser.add_argument("--encoder", choices=list(ENCODERS),
+                        help="dense encoder (default: the checkpoint's, else surgery); docs/encoders.md")
+    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip; default: DINO ViT-B/8)")
+    parser.add_argument("--vfm-weights", help="its weights: a local file or 'tiny' (default: the checkpoint's/hub)")
     parser.add_argument("--vocab", help="tag_embeddings.pt for the image's top tags (default: the quickstart's)")
     parser.add_argument("--examples", help="folder of example images (default: the quickstart's evaluation images)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -45,7 +50,8 @@ def main() -> None:
                      f"five minutes on a CPU), or pass --checkpoint CKPT, or --clip NAME --pretrained WEIGHTS.")
         vocab = vocab or _existing(QUICKSTART / "data/tags/tag_embeddings.pt")
         examples = examples or _existing(QUICKSTART / "data/shapes_voc/JPEGImages")
-    model = tagalign.load(checkpoint, clip=args.clip, pretrained=args.pretrained)
+    model = tagalign.load(checkpoint, clip=args.clip, pretrained=args.pretrained,
+                          encoder=args.encoder, vfm=args.vfm, vfm_weights=args.vfm_weights)
     example_files = sorted(str(p) for p in Path(examples).glob("*.jpg"))[:6] if examples else []
     app = build_app(SegmentationDemo(model, vocab=vocab), examples=example_files)
     print(f"serving {checkpoint or args.clip} on http://{args.host}:{args.port}", flush=True)

@@ -29,7 +29,7 @@ from tagalign.data.synthetic import render_scene  # noqa: E402
 from tagalign.data.transforms import load_image  # noqa: E402
 from tagalign.feature_cache import PatchFeatureCache  # noqa: E402
 from tagalign.inference import parse_texts  # noqa: E402
-from tagalign.models import TagAlign  # noqa: E402
+from tagalign.models import ENCODERS, TagAlign  # noqa: E402
 from tagalign.models.description_file import load_descriptions  # noqa: E402
 from tagalign.output_names import unique_stems  # noqa: E402
 from tagalign.visualize import heatmap_grid, overlay  # noqa: E402
@@ -44,6 +44,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="trained projector checkpoint (tagalign_latest.pth)")
     parser.add_argument("--clip", help="open_clip model name or config JSON (default: the checkpoint's, or ViT-B-16)")
     parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's/openai)")
+    parser.add_argument("--encoder", choices=list(ENCODERS),
+                        help="dense encoder (default: the checkpoint's, else surgery); docs/encoders.md")
+    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip; default: DINO ViT-B/8)")
+    parser.add_argument("--vfm-weights", help="its weights: a local file or 'tiny' (default: the checkpoint's/hub)")
     parser.add_argument("--out", default="work_dirs/demo")
     parser.add_argument("--no-background", action="store_true", help="label every pixel with a text")
     parser.add_argument("--bg-thresh", type=float, default=0.4)
@@ -94,7 +98,8 @@ def main() -> None:
     if args.tags and not (args.vocab or args.descriptions):
         raise SystemExit("--tags needs --vocab (tag_embeddings.pt from tools/parse_tags.py, or a file of words) or "
                          "--descriptions (its tags are the vocabulary)")
-    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained)
+    model = tagalign.load(args.checkpoint, clip=args.clip, pretrained=args.pretrained,
+                          encoder=args.encoder, vfm=args.vfm, vfm_weights=args.vfm_weights)
     baseline = None
     if args.compare_clip:  # same frozen encoder: its features are computed once per image for both rows
         baseline = TagAlign(model.clip, **model.encoder_config).eval()
