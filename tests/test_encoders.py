@@ -13,8 +13,8 @@ from test_dense import _layer_norm, _quick_gelu, _reference_tokens
 from tagalign.models import ENCODERS, dense_features
 from tagalign.models.encoders import needs_vfm
 
-#: the encoders that read CLIP alone (the VFM-guided ones are tested in tests/test_vfm.py)
-CLIP_ONLY = [name for name in ENCODERS if not needs_vfm(name)]
+#: the encoders stated in this file (VFM-guided ones: tests/test_vfm.py; SC-CLIP: tests/test_sc_clip.py)
+CLIP_ONLY = [name for name in ENCODERS if not needs_vfm(name) and name != "sc_clip"]
 
 
 def _split(t, heads):
@@ -55,6 +55,12 @@ def _standard(block, x):
 
 def _before_last(visual, image):
     """Spec §0: ln_pre(patch embedding + CLS + positions), then every block but the last, unmodified."""
+    inputs, grid = _block_inputs(visual, image)
+    return inputs[-1], visual.transformer.resblocks[-1], grid
+
+
+def _block_inputs(visual, image):
+    """``[x_0, ..., x_(L-1)]``, the input of every block (x_(L-1) enters the last), and the grid."""
     b, p = image.shape[0], visual.conv1.weight.shape[-1]
     h, w = image.shape[2] // p, image.shape[3] // p
     x = (visual.conv1.weight.reshape(visual.conv1.weight.shape[0], -1) @ F.unfold(image, p, stride=p)).transpose(1, 2)
@@ -66,10 +72,10 @@ def _before_last(visual, image):
         grid = F.interpolate(pos[1:].reshape(g, g, c).permute(2, 0, 1)[None], size=(h, w), mode="bicubic",
                              align_corners=False)[0]
         pos = torch.cat([pos[:1], grid.permute(1, 2, 0).reshape(h * w, c)], dim=0)
-    x = _layer_norm(x + pos, visual.ln_pre)
+    inputs = [_layer_norm(x + pos, visual.ln_pre)]
     for block in list(visual.transformer.resblocks)[:-1]:
-        x = _standard(block, x)
-    return x, visual.transformer.resblocks[-1], (h, w)
+        inputs.append(_standard(block, inputs[-1]))
+    return inputs, (h, w)
 
 
 def _omega(h, w, sigma):

@@ -23,6 +23,7 @@ from torch import nn
 from .options import describe_options, validate_options
 from .plain import maskclip, vanilla
 from .proxyclip import proxyclip
+from .sc_clip import sc_clip
 from .sclip_family import clearclip, naclip, sclip
 from .surgery import clip_surgery, surgery
 from .towers import Tower, as_tower
@@ -39,6 +40,7 @@ ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
     "naclip": naclip,
     "surgery": surgery,
     "clip_surgery": clip_surgery,
+    "sc_clip": sc_clip,
     "proxyclip": proxyclip,
 }
 
