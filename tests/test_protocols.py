@@ -267,6 +267,10 @@ SPEC_TABLE = {
                   "context59": (336, 336, 112, 40, 0.0), "coco_stuff": (336, 336, 112, 40, 0.0),
                   "cityscapes": (448, 224, 112, 40, 0.0), "ade20k": (448, 336, 112, 40, 0.0)},
 }
+SPEC_TABLE["sc_clip"] = {"voc": (336, 224, 112, 50, 0.15), "context": (336, 224, 112, 40, 0.15),
+                         "coco_object": (336, 224, 112, 55, 0.35), "voc20": (336, 224, 112, 40, 0.0),
+                         "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
+                         "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
 PAD_TO = {"clearclip": 16, "proxyclip": 56}
 NAME_SET = {"clearclip": "plain", "proxyclip": "proxyclip"}
 
@@ -285,7 +289,7 @@ def test_presets_follow_the_spec_table(preset):
         assert settings["norm"] == "model" and settings["templates"] == "openai80"
         assert settings["normalize_each_template"] is True
         assert inference["pamr"] is (preset == "naclip")
-        assert inference["area_thd"] == (0.1 if (preset, key) == ("sclip", "voc") else None)
+        assert inference["area_thd"] == (0.1 if preset in ("sclip", "sc_clip") and key == "voc" else None)
         assert inference["pad_to"] == PAD_TO.get(preset, 0)
         assert settings["class_names"] == NAME_SET.get(preset, "sclip")
 

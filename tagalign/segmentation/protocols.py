@@ -10,7 +10,8 @@ MetaCLIP, DFN and EVA02 weights, 0.5/0.5 for SigLIP and PE-Core, read from the w
 
 A preset is one method's own settings on top of its family: ``naclip`` (whole-image VOC/VOC20, τ 40, PAMR on),
 ``clearclip`` (short side 448, slide 448/224 padded to 16, τ 50, plain names), ``sclip`` (the family itself),
-``proxyclip`` (slide 336/112 padded to 56, τ 40, ProxyCLIP's names; ADE20K and Cityscapes short side 448).
+``proxyclip`` (slide 336/112 padded to 56, τ 40, ProxyCLIP's names; ADE20K and Cityscapes short side 448),
+``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object).
 Datasets outside the table (ImageNet-S, the quickstart's shapes) keep their own image size; with background their
 ``prob_thd`` is 0.1, as on Context60.
 """
@@ -57,6 +58,12 @@ _TABLE: dict[str, dict[str, dict]] = {
         "coco_object": dict(inference=dict(prob_thd=0.4)),
         "cityscapes": dict(inference=dict(crop=224, stride=224)),
     },
+    "sc_clip": {  # SC-CLIP's configs/cfg_*.py (spec-2 §10); its name files are SCLIP's
+        "voc": dict(inference=dict(logit_scale=50.0, prob_thd=0.15, area_thd=0.1)),
+        "context": dict(inference=dict(prob_thd=0.15)),
+        "coco_object": dict(inference=dict(logit_scale=55.0, prob_thd=0.35)),
+        "cityscapes": dict(short_side=560),
+    },
     "proxyclip": {  # ProxyCLIP's configs/cfg_*.py (spec-1 §10.3): windows zero-padded to a multiple of 56
         "*": dict(class_names="proxyclip", inference=dict(crop=336, stride=112, pad_to=56, logit_scale=40.0)),
         "voc": dict(inference=dict(prob_thd=0.2)),
@@ -68,7 +75,7 @@ _TABLE: dict[str, dict[str, dict]] = {
 }
 #: preset -> (protocol family, the encoder it runs by default)
 PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
-           "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip")}
+           "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip")}
 _TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 
