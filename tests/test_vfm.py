@@ -167,3 +167,29 @@ def test_checkpoints_record_the_vfm_and_reload_it(tiny_clip, clip_file, tmp_path
         assert torch.allclose(reloaded.dense_features(images), model.dense_features(images), atol=1e-5)
     with pytest.raises(CheckpointMismatchError, match="second model 'dino_vitb8'.*'dinov2_vitb14_reg'"):
         load(str(path), clip="tagalign-tiny", pretrained=clip_file, vfm="dinov2_vitb14_reg", vfm_weights="tiny")
+
+
+def test_vfm_weights_from_a_file_and_clear_errors(tmp_path):
+    """A local weights file of the right architecture loads bit for bit; a missing file, a file of another model
+    and an unknown name are refused with the file and the expectation named."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_base_patch16_224.dino", pretrained=False, num_classes=0, dynamic_img_size=True)
+    good = tmp_path / "dino.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, good)
+    loaded = load_vfm("dino_vitb16", pretrained=str(good))
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in source.state_dict().items())
+    assert loaded.identity()["source"] == str(good)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+        load_vfm("dino_vitb16", pretrained=str(tmp_path / "missing.safetensors"))
+    # a ViT-B/16 file for the B/8 model: timm would resample its patch embedding without a word
+    with pytest.raises(ValueError, match=r"dino.safetensors is not a weights file of timm 'vit_base_patch8_224.dino'"
+                                         r": its patch embedding is \[768, 3, 16, 16\]"):
+        load_vfm("dino_vitb8", pretrained=str(good))
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(768, 3, 14, 14)}}, other)
+    with pytest.raises(ValueError, match="other.pth is not a weights file of timm 'vit_base_patch16_224.dino'"):
+        load_vfm("dino_vitb16", pretrained=str(other))
+    with pytest.raises(ValueError, match="unknown second model 'dino_vitg'; choose from dino_vitb8"):
+        load_vfm("dino_vitg")

@@ -89,6 +89,27 @@ class SecondModel(nn.Module):
         return tokens.transpose(1, 2).reshape(out.shape[0], -1, h, w)
 
 
+def _check_patch_embedding(name: str, spec: VfmSpec, path: str, model: nn.Module) -> None:
+    """timm adapts a checkpoint's patch embedding to the model it loads into (a ViT-B/16 file into a B/8 model loads
+    without a word): refuse a file whose patch embedding is not this architecture's."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for wrapper in ("model", "state_dict", "teacher"):
+            state = state.get(wrapper, state) if isinstance(state, dict) else state
+        shapes = {key: tuple(value.shape) for key, value in state.items() if torch.is_tensor(value)}
+    expected = tuple(model.patch_embed.proj.weight.shape)
+    found = [shape for key, shape in shapes.items() if key.endswith("patch_embed.proj.weight")]
+    if found and found[0] != expected:
+        raise ValueError(f"second model '{name}': {path} is not a weights file of timm '{spec.timm_name}': its patch "
+                         f"embedding is {list(found[0])}, the architecture's is {list(expected)} (timm would resample "
+                         f"it silently)")
+
+
 @torch.no_grad()
 def _with_random_affine(model: nn.Module, scale: float = 0.2) -> nn.Module:
     """Non-zero biases and non-identity norms, as trained weights have (a fresh timm model has neither)."""
@@ -135,8 +156,14 @@ def load_vfm(name: str, pretrained: bool | str = True, device: str | torch.devic
         source = f"hf-hub:timm/{spec.timm_name}"
     try:
         model = timm.create_model(spec.timm_name, pretrained=bool(pretrained), num_classes=0, **kwargs)
-    except (OSError, RuntimeError) as err:
-        if not pretrained or isinstance(pretrained, str):
+        if isinstance(pretrained, str):
+            _check_patch_embedding(name, spec, pretrained, model)
+    except (OSError, RuntimeError, KeyError) as err:
+        if isinstance(pretrained, str):
+            raise ValueError(f"second model '{name}': {pretrained} is not a weights file of timm "
+                             f"'{spec.timm_name}' (expected that architecture's state dict, as the hub serves it "
+                             f"at timm/{spec.timm_name}): {str(err)[:300]}") from err
+        if not pretrained:
             raise
         raise VfmWeightsUnavailableError(
             f"could not download the weights of second model '{name}' (timm '{spec.timm_name}', hub "
