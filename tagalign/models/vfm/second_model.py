@@ -96,7 +96,7 @@ def _check_patch_embedding(name: str, spec: VfmSpec, path: str, model: nn.Module
         from safetensors import safe_open
 
         with safe_open(path, "pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for wrapper in ("model", "state_dict", "teacher"):
