@@ -268,5 +268,6 @@ def test_encoder_all_on_each_tower_family(family, one_image_layouts, tmp_path):
         assert count == per_dataset["voc"]["num_images"] == 1
         assert abs(per_dataset["voc"]["mIoU"] - miou) <= 1e-6, encoder
     table = out.with_suffix(".md").read_text()
-    assert f"| clip_surgery | - | not run: positional resize 'bilinear' is not defined on a {family} tower" in table
+    reason = f"positional resize 'bilinear' is not defined on the {family} tower family"
+    assert f"| clip_surgery | - | not run: {reason}" in table
     assert "skipped" in result.stdout

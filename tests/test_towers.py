@@ -234,7 +234,7 @@ def test_value_mlp_readout_follows_its_formula():
 
 
 def test_steps_a_family_does_not_define_are_refused_with_the_reason(towers):
-    with pytest.raises(UnsupportedTowerError, match="bilinear.*not defined on a siglip tower"):
+    with pytest.raises(UnsupportedTowerError, match="bilinear.*not defined on the siglip tower family"):
         dense_features(towers["siglip"], torch.randn(1, 3, 64, 64), "clip_surgery")
     with pytest.raises(UnsupportedTowerError, match="ResNet"):
         as_tower(torch.nn.Conv2d(3, 8, 3))
@@ -285,7 +285,7 @@ def test_checkpoints_record_the_family_and_refuse_another(towers, tmp_path):
     same = build(towers["siglip"])
     load_checkpoint(same, path)
     assert torch.equal(same.projector.head.proj.bias, model.projector.head.proj.bias)
-    with pytest.raises(CheckpointMismatchError, match="siglip tower.*eva02 tower"):
+    with pytest.raises(CheckpointMismatchError, match="siglip family.*eva02 family"):
         load_checkpoint(build(towers["eva02"]), path)
     with pytest.raises(CheckpointMismatchError, match="'value' MAP-head readout.*'value_mlp'"):
         load_checkpoint(build(_tiny(TIMM_FAMILIES["siglip"], 30, map_readout="value_mlp")), path)

@@ -72,9 +72,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, check_clip: bool 
         )
     if saved.family and current.family and saved.family != current.family:
         raise CheckpointMismatchError(
-            f"{path} trained its projector on a {saved.family} tower (CLIP '{saved.model_name}'), but the model's "
-            f"CLIP '{current.model_name}' is a {current.family} tower: the projector reads that tower's tokens and "
-            f"dense head. Load a CLIP of the checkpoint's family, e.g. --clip {saved.model_name}."
+            f"{path} trained its projector on a tower of the {saved.family} family (CLIP '{saved.model_name}'), but "
+            f"the model's CLIP '{current.model_name}' is of the {current.family} family: the projector reads that "
+            f"tower's tokens and dense head. Load a CLIP of the checkpoint's family, e.g. --clip {saved.model_name}."
         )
     if saved.map_readout != current.map_readout and saved.family == current.family and saved.family is not None:
         raise CheckpointMismatchError(

@@ -96,8 +96,8 @@ class Tower(ABC):
 
     def check_pos_mode(self, pos_mode: str) -> None:
         if pos_mode not in self.pos_modes:
-            raise UnsupportedTowerError(f"positional resize '{pos_mode}' is not defined on a {self.family} tower "
-                                        f"(it supports {', '.join(self.pos_modes)})")
+            raise UnsupportedTowerError(f"positional resize '{pos_mode}' is not defined on the {self.family} tower "
+                                        f"family (it supports {', '.join(self.pos_modes)})")
 
     @abstractmethod
     def embed(self, images: torch.Tensor, pos_mode: str = "bicubic") -> torch.Tensor:
@@ -137,4 +137,4 @@ class Tower(ABC):
 
     def refuse(self, what: str, why: str) -> None:
         """Raise the error an encoder gives for a step that is not defined on this tower."""
-        raise UnsupportedTowerError(f"{what} is not defined on a {self.family} tower: {why}")
+        raise UnsupportedTowerError(f"{what} is not defined on the {self.family} tower family: {why}")
