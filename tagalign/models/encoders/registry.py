@@ -98,7 +98,7 @@ def dense_features(clip: nn.Module, images: torch.Tensor, encoder: str = "surger
     ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``; a VFM-guided encoder's grid is its second
     model's), from the named encoder; ``vfm``: the second model, for the encoders that read one."""
     tower = as_tower(clip.visual)
-    options = check_encoder(encoder, options, clip.visual)
+    options = check_encoder(encoder, options, tower)  # one adapter per call: options and tower checks reuse it
     tokens, (h, w) = encode_tokens(encoder, tower, images, vfm, **options)
     features = tower.dense_head()(tokens)
     return features.transpose(1, 2).reshape(images.shape[0], -1, h, w)
