@@ -3,7 +3,8 @@
 The frozen CLIP dominates the cost of a query and does not depend on the words. :class:`PatchFeatureCache` wraps the
 ``encode_patches`` of one or more TagAlign models that share a CLIP (e.g. a trained model and its untrained
 CLIP-surgery baseline), keyed by the exact input tensor, so a second request with the same image and other words
-only runs the projector and the scoring.
+only runs the projector and the scoring. An encoder that reads the words themselves (``resclip``) is keyed by them
+too.
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ class PatchFeatureCache:
         return self
 
     def _cached(self, model, encode):
-        def encode_patches(images: torch.Tensor) -> torch.Tensor:
-            data = images.detach().to("cpu", torch.float32).contiguous()
-            digest = hashlib.sha1(data.numpy().tobytes()).hexdigest()
+        from .models.encoders import needs_text
+
+        def digest_of(tensor: torch.Tensor) -> str:
+            return hashlib.sha1(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+        def encode_patches(images: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
             encoder = tuple(sorted((k, repr(v.identity() if hasattr(v, "identity") else v))
                                    for k, v in model.encoder_config.items()))
-            key = (id(model.clip), encoder, tuple(images.shape), digest)
+            # an encoder that reads the words (resclip) gives other tokens for other words
+            words = digest_of(text_emb) if text_emb is not None and needs_text(model.encoder) else None
+            key = (id(model.clip), encoder, tuple(images.shape), digest_of(images), words)
             if key in self.entries:
                 self.hits += 1
                 self.entries.move_to_end(key)
                 return self.entries[key]
             self.misses += 1
-            tokens = encode(images)
+            tokens = encode(images, text_emb)
             self.entries[key] = tokens
             if len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)

@@ -13,8 +13,8 @@ from test_dense import _layer_norm, _quick_gelu, _reference_tokens
 from tagalign.models import ENCODERS, dense_features
 from tagalign.models.encoders import needs_vfm
 
-#: the encoders stated in this file (VFM-guided ones: tests/test_vfm.py; SC-CLIP: tests/test_sc_clip.py)
-CLIP_ONLY = [name for name in ENCODERS if not needs_vfm(name) and name != "sc_clip"]
+#: the encoders stated in this file (VFM-guided ones: tests/test_vfm.py; SC-CLIP, ResCLIP: their own files)
+CLIP_ONLY = [name for name in ENCODERS if not needs_vfm(name) and name not in ("sc_clip", "resclip")]
 
 
 def _split(t, heads):

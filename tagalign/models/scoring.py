@@ -74,13 +74,14 @@ class DenseScoring:
     def cosines(self, images: torch.Tensor, text_emb: torch.Tensor, feature_surgery: bool = False,
                 with_clip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
-        CLIP branch's, both from one encoder pass; ``feature_surgery`` applies CLIP Surgery's label-set step."""
+        CLIP branch's, both from one encoder pass (which reads ``text_emb`` where the encoder needs the queries:
+        ``resclip``); ``feature_surgery`` applies CLIP Surgery's label-set step."""
+        texts = F.normalize(text_emb.to(images.device, torch.float32), dim=-1)
         if feature_surgery:
-            global_embedding, patches = self.encode_dense(images)
+            global_embedding, patches = self.encode_dense(images, texts)
             cls = F.normalize(global_embedding, dim=-1)
         else:
-            patches = self.encode_patches(images)
-        texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
+            patches = self.encode_patches(images, texts)
 
         def cosine(features: torch.Tensor) -> torch.Tensor:
             similarity = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)

@@ -219,7 +219,8 @@ class TagAlign(DenseScoring, nn.Module):
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
-    def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_dense(self, images: torch.Tensor, text_emb: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image embedding [B, D], patch token map [B, width, h, w])``, frozen, no gradient: the unmodified
         tower's own pooled embedding (CLS -> ln_post -> proj on CLIP ViTs; the MAP head on SigLIP/PE-Core) and the
         encoder's patch tokens (the surgery encoders' original path gives the first for free)."""
@@ -227,20 +228,23 @@ class TagAlign(DenseScoring, nn.Module):
             pos_mode = self.pos_interpolation if self.encoder == "surgery" else "bilinear"
             original, patches = surgery_streams(self.tower, images, self.surgery_layers, pos_mode)
             return self.tower.pooled(original), self.token_map(patches, images)
-        return self.tower.encode(images), self.encode_patches(images)
+        return self.tower.encode(images), self.encode_patches(images, text_emb)
 
-    def _patch_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _patch_tokens(self, images: torch.Tensor, text_emb: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(tokens [B, h*w, width], (h, w))``: the tower's patch grid, or the second model's (``proxyclip``)."""
         if self.encoder == "surgery":
             tokens = surgery_patch_tokens(self.tower, images, self.surgery_layers, self.pos_interpolation)
             return tokens, self.tower.grid(images)
         options = {"depth": self.surgery_layers} if self.encoder == "clip_surgery" else {}
-        return encode_tokens(self.encoder, self.tower, images, self.vfm, **options, **self.encoder_options)
+        return encode_tokens(self.encoder, self.tower, images, self.vfm, text_emb, **options, **self.encoder_options)
 
     @torch.no_grad()
-    def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen encoder's patch tokens as a map ``[B, width, h, w]`` (before the dense head); no CLS token."""
-        tokens, grid = self._patch_tokens(images)
+    def encode_patches(self, images: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen encoder's patch tokens as a map ``[B, width, h, w]`` (before the dense head); no CLS token.
+        ``text_emb``: the text queries ``[Q, D]`` of a segmentation, read by the encoders that need them
+        (``resclip``'s SFR)."""
+        tokens, grid = self._patch_tokens(images, text_emb)
         return self.token_map(tokens, grid)
 
     def token_map(self, patch_tokens: torch.Tensor, grid: tuple[int, int] | torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
   with a resized positional table, blocks part by part, the dense head into the text space, the pooled embedding;
 - :mod:`.plain`: ``vanilla`` and ``maskclip``; :mod:`.sclip_family`: ``sclip``, ``clearclip``, ``naclip``;
   :mod:`.surgery`: ``surgery`` (TagAlign's, the default) and ``clip_surgery``; :mod:`.proxyclip`: ``proxyclip``
-  (attention from a second vision model, :mod:`tagalign.models.vfm`);
+  (attention from a second vision model, :mod:`tagalign.models.vfm`); :mod:`.sc_clip`: ``sc_clip``;
+  :mod:`.resclip`: ``resclip`` (RCS and SFR on a base encoder; SFR reads the text queries);
 - :mod:`.options`: each encoder's declared options (type, default, range), validated before a model is built;
 - :mod:`.registry`: :data:`ENCODERS`, :func:`check_encoder` and :func:`dense_features`.
 """
@@ -16,6 +17,7 @@ from .registry import (
     check_encoder,
     dense_features,
     encode_tokens,
+    needs_text,
     needs_vfm,
     options_table,
     register_encoder,
@@ -35,6 +37,6 @@ from .towers import (
 
 __all__ = ["ENCODERS", "MAP_READOUTS", "POS_INTERPOLATIONS", "TOWER_FAMILIES", "Option", "Tower",
            "UnsupportedTowerError", "as_tower", "check_encoder", "declare_options", "dense_features",
-           "describe_options", "encode_tokens", "gaussian_neighbourhood", "interpolate_pos_embed", "needs_vfm",
-           "options_table", "proxy_attention", "register_encoder", "surgery_patch_tokens", "surgery_streams",
-           "surgery_tokens", "tower_family", "validate_surgery_depth"]
+           "describe_options", "encode_tokens", "gaussian_neighbourhood", "interpolate_pos_embed", "needs_text",
+           "needs_vfm", "options_table", "proxy_attention", "register_encoder", "surgery_patch_tokens",
+           "surgery_streams", "surgery_tokens", "tower_family", "validate_surgery_depth"]

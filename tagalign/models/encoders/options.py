@@ -20,8 +20,9 @@ _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 @dataclass(frozen=True)
 class Option:
-    """One keyword option: ``kind`` is bool, int or float; ``minimum``/``maximum`` bound numbers (``above`` makes
-    the minimum exclusive); ``maximum="blocks"`` means the ViT's block count."""
+    """One keyword option: ``kind`` is bool, int, float or str; ``minimum``/``maximum`` bound numbers (``above``
+    makes the minimum exclusive); ``maximum="blocks"`` means the ViT's block count; ``choices`` lists a str
+    option's values."""
 
     kind: type
     default: object
@@ -29,6 +30,7 @@ class Option:
     minimum: float | None = None
     maximum: float | str | None = None
     above: bool = False
+    choices: tuple[str, ...] = ()
 
     def parse(self, name: str, value: object, encoder: str, blocks: int | None) -> object:
         where = f"encoder '{encoder}' option '{name}'"
@@ -38,6 +40,10 @@ class Option:
             if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
                 return value.strip().lower() in _TRUE
             raise ValueError(f"{where} must be true or false, got {value!r}")
+        if self.kind is str:
+            if not isinstance(value, str) or value.strip() not in self.choices:
+                raise ValueError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value.strip()
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(f"{where} must be a number ({self.kind.__name__}), got {value!r}")
         try:

@@ -23,13 +23,14 @@ from torch import nn
 from .options import describe_options, validate_options
 from .plain import maskclip, vanilla
 from .proxyclip import proxyclip
+from .resclip import resclip
 from .sc_clip import sc_clip
 from .sclip_family import clearclip, naclip, sclip
 from .surgery import clip_surgery, surgery
 from .towers import Tower, as_tower
 
-__all__ = ["ENCODERS", "check_encoder", "dense_features", "encode_tokens", "needs_vfm", "options_table",
-           "register_encoder"]
+__all__ = ["ENCODERS", "check_encoder", "dense_features", "encode_tokens", "needs_text", "needs_vfm",
+           "options_table", "register_encoder"]
 
 #: Encoder name -> patch-token function, in the order ``--encoder all`` runs them.
 ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -41,6 +42,7 @@ ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
     "surgery": surgery,
     "clip_surgery": clip_surgery,
     "sc_clip": sc_clip,
+    "resclip": resclip,
     "proxyclip": proxyclip,
 }
 
@@ -70,11 +72,19 @@ def needs_vfm(encoder: str) -> str | None:
     return getattr(ENCODERS[encoder], "needs_vfm", None)
 
 
+def needs_text(encoder: str) -> bool:
+    """Whether the encoder reads the text queries of the segmentation (``resclip``'s SFR)."""
+    return bool(getattr(ENCODERS[encoder], "needs_text", False))
+
+
 def encode_tokens(encoder: str, visual: nn.Module | Tower, images: torch.Tensor, vfm: nn.Module | None = None,
-                  **options) -> tuple[torch.Tensor, tuple[int, int]]:
+                  text: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, tuple[int, int]]:
     """``(tokens [B, h*w, width] before the dense head, (h, w))``: the encoder's patch tokens and their grid, the
-    tower's patch grid, or for VFM-guided encoders (``proxyclip``) the second model's."""
+    tower's patch grid, or for VFM-guided encoders (``proxyclip``) the second model's. ``text``: the text queries
+    ``[Q, D]``, passed to the encoders that read them (:func:`needs_text`) and ignored by the others."""
     function = ENCODERS[encoder]
+    if needs_text(encoder):
+        options["text"] = text
     if needs_vfm(encoder):
         if vfm is None:
             raise ValueError(f"encoder '{encoder}' reads a second vision model: pass "
@@ -93,12 +103,13 @@ def options_table() -> str:
 
 @torch.no_grad()
 def dense_features(clip: nn.Module, images: torch.Tensor, encoder: str = "surgery", vfm: nn.Module | None = None,
-                   **options) -> torch.Tensor:
+                   text_emb: torch.Tensor | None = None, **options) -> torch.Tensor:
     """``[B, output_dim, h, w]`` dense features (after the tower's dense head, unnormalised) of normalised
     ``images`` ``[B, 3, H, W]`` of any size (``h = H // patch``; a VFM-guided encoder's grid is its second
-    model's), from the named encoder; ``vfm``: the second model, for the encoders that read one."""
+    model's), from the named encoder; ``vfm``: the second model, for the encoders that read one; ``text_emb``: the
+    text queries ``[Q, D]``, for the encoders that read them (``resclip``)."""
     tower = as_tower(clip.visual)
     options = check_encoder(encoder, options, tower)  # one adapter per call: options and tower checks reuse it
-    tokens, (h, w) = encode_tokens(encoder, tower, images, vfm, **options)
+    tokens, (h, w) = encode_tokens(encoder, tower, images, vfm, text_emb, **options)
     features = tower.dense_head()(tokens)
     return features.transpose(1, 2).reshape(images.shape[0], -1, h, w)
