@@ -271,6 +271,15 @@ SPEC_TABLE["sc_clip"] = {"voc": (336, 224, 112, 50, 0.15), "context": (336, 224,
                          "coco_object": (336, 224, 112, 55, 0.35), "voc20": (336, 224, 112, 40, 0.0),
                          "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
                          "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+SPEC_TABLE["resclip"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224, 112, 40, 0.1),
+                         "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, None, None, 40, 0.0),
+                         "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
+                         "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+# spec-2 §10, ResCLIP's encoder options: temp_thd, (τ, λ) RCS, (τ, λ) SFR
+RESCLIP_OPTIONS = {"voc": (0.50, 2.0, 0.3, 2.2, 0.7), "context": (0.30, 2.0, 0.3, 1.8, 0.7),
+                   "coco_object": (0.11, 2.0, 0.4, 1.8, 0.7), "voc20": (0.10, 2.0, 0.6, 2.1, 0.6),
+                   "context59": (0.25, 2.0, 0.4, 1.8, 0.7), "coco_stuff": (0.11, 2.0, 0.4, 1.8, 0.7),
+                   "cityscapes": (0.10, 2.0, 0.2, 2.1, 0.6), "ade20k": (0.25, 2.0, 0.3, 2.1, 0.7)}
 PAD_TO = {"clearclip": 16, "proxyclip": 56}
 NAME_SET = {"clearclip": "plain", "proxyclip": "proxyclip"}
 
@@ -292,6 +301,40 @@ def test_presets_follow_the_spec_table(preset):
         assert inference["area_thd"] == (0.1 if preset in ("sclip", "sc_clip") and key == "voc" else None)
         assert inference["pad_to"] == PAD_TO.get(preset, 0)
         assert settings["class_names"] == NAME_SET.get(preset, "sclip")
+        if preset == "resclip":
+            options = settings["encoder_options"]
+            assert options["base"] == "naclip"
+            assert tuple(options[name] for name in ("temp_thd", "tau_rcs", "lambda_rcs", "tau_sfr", "lambda_sfr")) \
+                == RESCLIP_OPTIONS[key], key
+        else:
+            assert "encoder_options" not in settings
+
+
+def test_a_presets_encoder_options_yield_to_the_users(tmp_path):
+    from tagalign.segmentation.evaluate import build_test_config
+
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n")
+    config = build_test_config("voc", data_root=tmp_path, protocol="sclip", preset="resclip",
+                               encoder_options={"temp_thd": 0.2})
+    model = config.model
+    assert model.encoder == "resclip" and model.inference.mode == "whole"
+    assert model.encoder_options == dict(base="naclip", tau_rcs=2.0, tau_sfr=2.2, lambda_sfr=0.7, temp_thd=0.2,
+                                         lambda_rcs=0.3)
+    assert config.tagalign_settings.model.encoder_options == model.encoder_options
+    other = build_test_config("voc", data_root=tmp_path, protocol="sclip", preset="resclip", encoder="naclip")
+    assert other.model.encoder_options is None  # another encoder than the preset's gets none of its options
+
+
+def test_resclip_is_compared_with_the_row_of_its_base():
+    from tagalign.segmentation.benchmarks import published_reference
+
+    assert published_reference("resclip", False, False)[1]["voc"] == 61.1  # on NACLIP, the published method
+    assert published_reference("resclip", False, False, {"base": "sclip"})[1]["voc20"] == 84.6
+    assert published_reference("resclip", False, False, {"base": "clearclip"})[1]["voc20"] == 87.1
+    assert published_reference("resclip", False, False, {"base": "vanilla"}) is None
 
 
 def test_tagalign_protocol_is_the_reference_evaluation():

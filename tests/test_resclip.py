@@ -182,3 +182,20 @@ def test_sfr_needs_the_queries_and_rcs_needs_middle_blocks(tiny_clip):
         dense_features(tiny_clip, image, "resclip", sfr=False, rcs_start=6, rcs_stop=8)
     no_rcs = dense_features(tiny_clip, image, "resclip", sfr=False, rcs=False)
     assert torch.allclose(no_rcs, dense_features(tiny_clip, image, "naclip"), atol=1e-5)  # RCS off: NACLIP
+
+
+def test_sfr_on_a_vocabulary_larger_than_the_window(tiny_clip):
+    """More queries than patches (12 vs a 2x3 grid): the first pass is refined through the window's basis maps,
+    the same maps as refining each query's (PAMR and the resize are linear)."""
+    torch.manual_seed(6)
+    image, text = torch.randn(2, 3, 32, 48), torch.randn(12, 64)
+    with torch.no_grad():
+        ours = dense_features(tiny_clip, image, "resclip", text_emb=text, temp_thd=0.1)
+        expected = _statement(tiny_clip.visual, image, text, temp_thd=0.1,
+                              refine=lambda im, cos: pamr(im, cos, 10, (8, 16)))
+    assert (ours - expected).abs().max() < 1e-4
+    from tagalign.models.encoders.resclip import refined_cosines
+
+    grid = torch.randn(2, 12, 2, 3)
+    each = pamr(image, F.interpolate(grid, size=(32, 48), mode="bilinear", align_corners=False), 10, (8, 16))
+    assert torch.allclose(refined_cosines(grid, image), each, atol=1e-5)

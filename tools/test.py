@@ -153,6 +153,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bg-thresh", type=float, help="tagalign protocol: constant background score (0.4)")
     parser.add_argument("--clip-w", type=float, help="weight of the frozen CLIP branch (0.3)")
     parser.add_argument("--pamr", action=argparse.BooleanOptionalAction, help="PAMR post-processing")
+    parser.add_argument("--lposs", action=argparse.BooleanOptionalAction,
+                        help="LPOSS: propagate the window scores over all windows' patches with a second model's "
+                             "features (--lposs-vfm; any encoder)")
+    parser.add_argument("--lposs-plus", action=argparse.BooleanOptionalAction,
+                        help="LPOSS+: then propagate the averaged maps over the image's pixels (colour graph)")
+    parser.add_argument("--lposs-vfm", choices=list(VFM_CATALOG), default="dino_vitb16",
+                        help="LPOSS's second model (its last block's attention values; default dino_vitb16)")
+    parser.add_argument("--lposs-vfm-weights", help="its weights: a local file or 'tiny' (default: the hub)")
     parser.add_argument("--score", choices=["sigmoid", "softmax"],
                         help="tagalign protocol: sigmoid(10*cos - 2.5) per class (reference code) or softmax(10*cos) "
                              "over classes (paper Eq. 8)")
@@ -205,7 +213,8 @@ def parse_args() -> argparse.Namespace:
 
 
 _INFERENCE_FLAGS = ("mode", "crop", "stride", "pad_to", "crop_batch", "precision", "bg_thresh", "clip_w", "pamr",
-                    "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd", "map_budget_mb")
+                    "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd", "map_budget_mb",
+                    "lposs", "lposs_plus")
 
 
 def _inference_options(args) -> dict:
@@ -347,6 +356,7 @@ def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_
                          launcher=args.launcher, cfg_options=args.cfg_options, protocol=args.protocol,
                          preset=args.preset, encoder=encoder, encoder_options=args.encoder_options,
                          vfm=args.vfm if reads_vfm else None, vfm_weights=args.vfm_weights if reads_vfm else None,
+                         lposs_vfm=args.lposs_vfm, lposs_vfm_weights=args.lposs_vfm_weights,
                          overrides=_overrides(args),
                          duplicate_names="keep" if args.keep_duplicate_names else "drop_from_background")
 
@@ -411,7 +421,9 @@ def main() -> None:
         sys.exit(f"Not starting: {err}")
     encoder = next(iter(results.values()))["encoder"]
     pamr = any(r["inference"]["pamr"] for r in results.values())
-    print(format_table(results, published_reference(encoder, trained=bool(args.checkpoint), pamr=pamr)))
+    options = next(iter(results.values())).get("settings", {}).get("model", {}).get("encoder_options")
+    print(format_table(results, published_reference(encoder, trained=bool(args.checkpoint), pamr=pamr,
+                                                    encoder_options=options)))
     if args.out:
         print(f"wrote {args.out}")
 

@@ -110,6 +110,11 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
     "naclip": ("NACLIP README, PAMR on", _row(64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05)),
     "proxyclip": ("ProxyCLIP + DINO ViT-B/8 (Trident's table, 3rd-party; its README gives only averages)",
                   _row(61.3, 35.3, 37.5, 80.3, 39.1, 26.5, 38.1, 20.2)),
+    "resclip": ("ResCLIP on NACLIP, its README's figure (figs/main_results_wo.png)",
+                _row(61.1, 33.5, 35.0, 86.0, 36.8, 24.7, 35.9, 18.0)),
+    "resclip_sclip": ("ResCLIP on SCLIP, its README's figure", _row(60.7, 32.9, 34.3, 84.6, 35.8, 23.9, 34.4, 17.6)),
+    "resclip_clearclip": ("ResCLIP on ClearCLIP, its README's figure",
+                          _row(59.0, 32.9, 34.0, 87.1, 36.4, 24.3, 34.5, 17.8)),
     "naclip_no_pamr": ("NACLIP without PAMR (ResCLIP and Trident, 3rd-party)",
                        _row(58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4)),
     "clip_surgery": ("CLIP Surgery paper Table 6 (Context column: 59 or 60 unverified)",
@@ -118,14 +123,18 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
 }
 
 
-def published_reference(encoder: str | None, trained: bool, pamr: bool) -> tuple[str, dict[str, float]] | None:
+def published_reference(encoder: str | None, trained: bool, pamr: bool,
+                        encoder_options: dict | None = None) -> tuple[str, dict[str, float]] | None:
     """The published row to print beside a run: TagAlign's paper for a trained surgery projector, else the
-    training-free method's own numbers (NACLIP's with or without PAMR); None where nothing was published."""
+    training-free method's own numbers (NACLIP's with or without PAMR, ResCLIP's on its base); None where nothing
+    was published."""
     encoder = encoder or "surgery"
     if trained:
         return PUBLISHED_MIOU["tagalign"] if encoder == "surgery" else None
     if encoder == "naclip" and not pamr:
         return PUBLISHED_MIOU["naclip_no_pamr"]
+    if encoder == "resclip" and (encoder_options or {}).get("base", "naclip") != "naclip":
+        return PUBLISHED_MIOU.get(f"resclip_{encoder_options['base']}")
     return PUBLISHED_MIOU.get(encoder)
 
 

@@ -87,6 +87,8 @@ def build_test_config(
     encoder_options: dict | None = None,
     vfm: str | None = None,
     vfm_weights: str | None = None,
+    lposs_vfm: str = "dino_vitb16",
+    lposs_vfm_weights: str | None = None,
     overrides: dict | None = None,
     duplicate_names: str = "drop_from_background",
 ) -> Config:
@@ -103,12 +105,18 @@ def build_test_config(
     settings = resolve_settings(key, protocol, preset, overrides)
     if encoder is None and preset is not None and checkpoint is None:
         encoder = PRESETS[preset][1]
+    preset_options = settings.pop("encoder_options", None)
+    if preset_options and checkpoint is None and encoder == PRESETS[preset][1]:
+        encoder_options = {**preset_options, **(encoder_options or {})}  # the user's options over the preset's
     if encoder == "clip_surgery" and "feature_surgery" not in overrides["inference"]:
         settings["inference"]["feature_surgery"] = True  # the original method scores through its feature surgery
     settings["encoder"] = encoder
     settings["model"] = {"checkpoint": checkpoint, "clip": clip, "pretrained": pretrained,
                          "encoder_options": encoder_options, "duplicate_names": duplicate_names,
                          **({"vfm": vfm, "vfm_weights": vfm_weights} if vfm or vfm_weights else {})}
+    lposs = settings["inference"].get("lposs")
+    if lposs:  # the second model of LPOSS is part of what a result was computed with
+        settings["model"].update(lposs_vfm=lposs_vfm, lposs_vfm_weights=lposs_vfm_weights)
     templates = settings["templates"]
     templates = list(TEMPLATE_SETS[templates]) if isinstance(templates, str) else list(templates)
     names = class_name_groups(key, settings["class_names"], dataset_classes)
@@ -128,6 +136,7 @@ def build_test_config(
             encoder_options=encoder_options,
             vfm=vfm,
             vfm_weights=vfm_weights,
+            **({"lposs_vfm": lposs_vfm, "lposs_vfm_weights": lposs_vfm_weights} if lposs else {}),
             templates=templates,
             normalize_each_template=settings["normalize_each_template"],
             duplicate_names=duplicate_names,
@@ -324,8 +333,11 @@ def comparison_table(results: dict[str, dict[str, dict]], skipped: dict[str, str
     keys = list(dict.fromkeys(key for per_dataset in results.values() for key in per_dataset))
     lines = ["| encoder | " + " | ".join(keys) + " | average | s/image | peak MB |", "|---" * (len(keys) + 4) + "|"]
     for encoder, per_dataset in results.items():
+        first = next(iter(per_dataset.values()))
         reference = published_reference(encoder, trained=False,
-                                        pamr=any(r["inference"]["pamr"] for r in per_dataset.values()))
+                                        pamr=any(r["inference"]["pamr"] for r in per_dataset.values()),
+                                        encoder_options=first.get("settings", {}).get("model", {}).get(
+                                            "encoder_options"))
         published = reference[1] if reference else {}
         cells = []
         for key in keys:

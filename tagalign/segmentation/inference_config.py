@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .label_propagation import LpossSettings
+
 __all__ = ["InferenceConfig", "autocast", "check_patch_grid", "window_grid"]
 
 
@@ -41,6 +43,19 @@ class InferenceConfig:
     pad_to: int = 0  # zero-pad each window symmetrically to a multiple of this (ClearCLIP: 16); 0: no padding
     # memory for full-resolution class maps: the vocabulary is walked in chunks of classes that fit (labels unchanged)
     map_budget_mb: float = 256.0
+    # LPOSS / LPOSS+ label propagation (training-free spec-2 §6; label_propagation.py), for any encoder
+    lposs: bool = False  # propagate the window scores over all windows' patches (needs a second model, DINO B/16)
+    lposs_plus: bool = False  # then propagate the averaged maps over the image's pixels (Lab colour graph)
+    lposs_alpha: float = 0.95
+    lposs_k: int = 400
+    lposs_sigma: float = 0.01
+    lposs_gamma: float = 3.0
+    lposs_tau: float = 0.01
+    lposs_radius: int = 13
+
+    def lposs_settings(self) -> LpossSettings:
+        return LpossSettings(alpha=self.lposs_alpha, k=self.lposs_k, sigma=self.lposs_sigma, gamma=self.lposs_gamma,
+                             tau=self.lposs_tau, radius=self.lposs_radius)
 
     def __post_init__(self) -> None:
         if self.protocol not in ("tagalign", "sclip"):
@@ -57,6 +72,9 @@ class InferenceConfig:
             raise ValueError("crop, stride and crop_batch must be positive")
         if not self.map_budget_mb > 0:
             raise ValueError(f"map_budget_mb must be positive, got {self.map_budget_mb}")
+        if not 0 < self.lposs_alpha < 1 or self.lposs_k < 1 or self.lposs_radius < 3 or self.lposs_tau <= 0:
+            raise ValueError(f"LPOSS needs 0 < lposs_alpha < 1, lposs_k >= 1, lposs_radius >= 3 and lposs_tau > 0; "
+                             f"got {self.lposs_alpha}, {self.lposs_k}, {self.lposs_radius}, {self.lposs_tau}")
 
 
 def check_patch_grid(config: InferenceConfig, patch: int) -> None:

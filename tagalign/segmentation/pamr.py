@@ -56,7 +56,7 @@ def propagate(mask: torch.Tensor, affinity: torch.Tensor, num_iter: int = 10,
         padded = F.pad(mask, (pad, pad, pad, pad), mode="replicate")
         refined = torch.zeros_like(mask)
         for k, (dy, dx) in enumerate(offsets):
-            refined += padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width] * affinity[:, :, k]
+            refined.addcmul_(padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width], affinity[:, :, k])
         mask = refined
     return mask
 

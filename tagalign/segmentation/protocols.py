@@ -11,7 +11,9 @@ MetaCLIP, DFN and EVA02 weights, 0.5/0.5 for SigLIP and PE-Core, read from the w
 A preset is one method's own settings on top of its family: ``naclip`` (whole-image VOC/VOC20, τ 40, PAMR on),
 ``clearclip`` (short side 448, slide 448/224 padded to 16, τ 50, plain names), ``sclip`` (the family itself),
 ``proxyclip`` (slide 336/112 padded to 56, τ 40, ProxyCLIP's names; ADE20K and Cityscapes short side 448),
-``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object).
+``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object), ``resclip`` (SCLIP's windows,
+whole-image VOC/VOC20, and per dataset the encoder options ``temp_thd``, ``tau_rcs``/``lambda_rcs``,
+``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's).
 Datasets outside the table (ImageNet-S, the quickstart's shapes) keep their own image size; with background their
 ``prob_thd`` is 0.1, as on Context60.
 """
@@ -64,6 +66,20 @@ _TABLE: dict[str, dict[str, dict]] = {
         "coco_object": dict(inference=dict(logit_scale=55.0, prob_thd=0.35)),
         "cityscapes": dict(short_side=560),
     },
+    "resclip": {  # ResCLIP's configs/cfg_*.py (spec-2 §10): SCLIP's windows and names; temp_thd, (τ, λ) of RCS, SFR
+        "*": dict(encoder_options=dict(base="naclip", tau_rcs=2.0, tau_sfr=1.8, lambda_sfr=0.7)),
+        "voc": dict(inference=dict(mode="whole", prob_thd=0.1),
+                    encoder_options=dict(temp_thd=0.5, lambda_rcs=0.3, tau_sfr=2.2)),
+        "context": dict(inference=dict(prob_thd=0.1), encoder_options=dict(temp_thd=0.3, lambda_rcs=0.3)),
+        "coco_object": dict(inference=dict(prob_thd=0.1), encoder_options=dict(temp_thd=0.11, lambda_rcs=0.4)),
+        "voc20": dict(inference=dict(mode="whole"),
+                      encoder_options=dict(temp_thd=0.1, lambda_rcs=0.6, tau_sfr=2.1, lambda_sfr=0.6)),
+        "context59": dict(encoder_options=dict(temp_thd=0.25, lambda_rcs=0.4)),
+        "coco_stuff": dict(encoder_options=dict(temp_thd=0.11, lambda_rcs=0.4)),
+        "cityscapes": dict(short_side=560, encoder_options=dict(temp_thd=0.1, lambda_rcs=0.2, tau_sfr=2.1,
+                                                                lambda_sfr=0.6)),
+        "ade20k": dict(encoder_options=dict(temp_thd=0.25, lambda_rcs=0.3, tau_sfr=2.1)),
+    },
     "proxyclip": {  # ProxyCLIP's configs/cfg_*.py (spec-1 §10.3): windows zero-padded to a multiple of 56
         "*": dict(class_names="proxyclip", inference=dict(crop=336, stride=112, pad_to=56, logit_scale=40.0)),
         "voc": dict(inference=dict(prob_thd=0.2)),
@@ -75,7 +91,8 @@ _TABLE: dict[str, dict[str, dict]] = {
 }
 #: preset -> (protocol family, the encoder it runs by default)
 PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
-           "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip")}
+           "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip"),
+           "resclip": ("sclip", "resclip")}
 _TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 
@@ -93,7 +110,8 @@ def merge_settings(base: dict, update: dict) -> dict:
 def protocol_settings(key: str, protocol: str = "tagalign", preset: str | None = None,
                       with_background: bool = False) -> dict:
     """``{norm, short_side, templates, normalize_each_template, class_names, inference}`` for dataset ``key``
-    (``short_side`` None: the dataset's own; ``inference``: :class:`.inference.InferenceConfig` fields)."""
+    (``short_side`` None: the dataset's own; ``inference``: :class:`.inference.InferenceConfig` fields), and
+    ``encoder_options`` where the preset sets its encoder's options."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; choose from {PROTOCOLS}")
     if preset is not None and preset not in PRESETS:

@@ -22,10 +22,12 @@ from mmseg.structures import SegDataSample
 from ..models.build import load_model as load
 from ..models.clip import DEFAULT_TEMPLATES
 from ..models.text import class_text_embeddings
+from ..models.vfm import load_vfm
 from .class_chunks import ClassChunk, bytes_per_query, class_max, plan_chunks
 from .class_names import resolve_duplicates
 from .inference import InferenceConfig, check_patch_grid, predict_probabilities
 from .label_maps import sclip_labels, tagalign_labels
+from .label_propagation import LabelPropagation
 from .windows import WindowScores
 
 __all__ = ["TagAlignSegmentor"]
@@ -49,6 +51,8 @@ class TagAlignSegmentor(BaseSegmentor):
         normalize_each_template: L2-normalise each template's embedding before the mean (the SCLIP family).
         duplicate_names: ``drop_from_background`` or ``keep`` (see :func:`.class_names.resolve_duplicates`).
         has_background: whether class 0 is the dataset's background (default: its first name is "background").
+        lposs_vfm, lposs_vfm_weights: LPOSS's second model (``inference.lposs``; default DINO ViT-B/16 from the hub,
+            weights a local file or ``tiny``), which sees the windows re-normalised like ``vfm``.
         inference: :class:`InferenceConfig` fields.
         descriptions: a RAM++ tag-description file; class names found in it are prompted with their description
             ensemble instead of the templates (docs/tagging.md).
@@ -68,6 +72,8 @@ class TagAlignSegmentor(BaseSegmentor):
         encoder_options: dict | None = None,
         vfm: str | None = None,
         vfm_weights: str | None = None,
+        lposs_vfm: str = "dino_vitb16",
+        lposs_vfm_weights: str | None = None,
         normalize_each_template: bool = False,
         duplicate_names: str = "drop_from_background",
         has_background: bool | None = None,
@@ -84,6 +90,16 @@ class TagAlignSegmentor(BaseSegmentor):
             self.tagalign.vfm.input_statistics = tuple(tuple(v / 255 for v in data_preprocessor[key])
                                                        for key in ("mean", "std"))
         self.inference_cfg = InferenceConfig(**(inference or {}))
+        self.propagation = None
+        if self.inference_cfg.lposs or self.inference_cfg.lposs_plus:
+            statistics = (tuple(tuple(v / 255 for v in data_preprocessor[key]) for key in ("mean", "std"))
+                          if data_preprocessor else LabelPropagation().input_statistics)
+            second = None
+            if self.inference_cfg.lposs:
+                weights = lposs_vfm_weights
+                second = (load_vfm(lposs_vfm, tiny=True) if weights == "tiny"
+                          else load_vfm(lposs_vfm, pretrained=weights if weights else True))
+            self.propagation = LabelPropagation(self.inference_cfg.lposs_settings(), second, statistics)
         if getattr(self.tagalign, "patch_size", None):  # test doubles without a tower have none
             check_patch_grid(self.inference_cfg, self.tagalign.patch_size)
         groups = [[name] if isinstance(name, str) else list(name) for name in class_names]
@@ -130,7 +146,7 @@ class TagAlignSegmentor(BaseSegmentor):
         for i, sample in enumerate(data_samples):
             image = inputs[i : i + 1]
             size = tuple(sample.metainfo.get("ori_shape", image.shape[-2:]))[:2]
-            scores = WindowScores(self.tagalign, image, self.text_emb, config)
+            scores = WindowScores(self.tagalign, image, self.text_emb, config, self.propagation)
             chunks = self.chunks(tuple(image.shape[-2:]), size)
             if config.protocol == "sclip":
                 labels, maps = sclip_labels(scores, chunks, self.query_class, self.num_classes, config, size,

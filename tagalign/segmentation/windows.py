@@ -4,7 +4,9 @@ The encoder runs once per image, ``crop_batch`` windows per forward, and keeps o
 query (``[windows, N, h, w]``: 4 windows x 920 queries x 28x28 is 11 MB). Full-resolution maps are made on request
 for a slice of the queries (:meth:`WindowScores.average`), so a caller can walk the vocabulary a chunk at a time.
 Both protocols share it: ``tagalign`` keeps per-window probabilities (optionally PAMR-refined at 1/``pamr_stride``
-of the window), ``sclip`` per-window cosines of the zero-padded window with the padding cut off.
+of the window), ``sclip`` per-window cosines of the zero-padded window with the padding cut off. LPOSS replaces the
+window scores by their propagation over all windows' patches (on its second model's grid); LPOSS+ propagates each
+averaged map over the image's pixels (:mod:`.label_propagation`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from .class_chunks import resize_maps
 from .inference_config import InferenceConfig, autocast, window_grid
+from .label_propagation import LabelPropagation
 from .pamr import pamr
 
 __all__ = ["WindowScores"]
@@ -37,10 +40,15 @@ class WindowScores:
     """The patch-grid scores of every window of one normalised image ``[1, 3, H, W]`` for all ``text_emb`` rows."""
 
     @torch.no_grad()
-    def __init__(self, model, image: torch.Tensor, text_emb: torch.Tensor, config: InferenceConfig) -> None:
+    def __init__(self, model, image: torch.Tensor, text_emb: torch.Tensor, config: InferenceConfig,
+                 propagation: LabelPropagation | None = None) -> None:
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"expected one image [1, 3, H, W], got {list(image.shape)}")
-        self.image, self.config = image, config
+        if (config.lposs or config.lposs_plus) and propagation is None:
+            raise ValueError("LPOSS/LPOSS+ need a LabelPropagation (its second model and the pixel statistics); "
+                             "tools/test.py builds one from --lposs/--lposs-plus")
+        self.image, self.config, self.propagation = image, config, propagation
+        self._pixel_graph = None
         self.height, self.width = image.shape[-2:]
         if config.mode == "whole":
             self.boxes = [(0, self.height, 0, self.width)]
@@ -51,6 +59,11 @@ class WindowScores:
             crops = torch.cat([self._crop(box) for box in self.boxes[start : start + config.crop_batch]])
             grids.append(self._score(model, crops, text_emb))
         self.grids = torch.cat(grids)  # [windows, N, h, w]
+        if config.lposs:
+            if config.protocol == "sclip" and any(any(self._padding(box)) for box in self.boxes):
+                raise ValueError(f"LPOSS propagates the scores of whole windows: pad_to={config.pad_to} pads these "
+                                 f"{config.crop}-pixel windows; use --pad-to 0 (LPOSS's own windows are unpadded)")
+            self.grids = propagation.windows(image, self.boxes, self.grids, config.crop_batch).contiguous()
         counts = image.new_zeros((1, 1, self.height, self.width), dtype=torch.float32)
         for y1, y2, x1, x2 in self.boxes:
             counts[:, :, y1:y2, x1:x2] += 1
@@ -78,6 +91,10 @@ class WindowScores:
         # contiguous: the einsum leaves channels last, and maps must not depend on their neighbours (resize_maps)
         return grid.float().contiguous()
 
+    def _padding(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        crop_h, crop_w = box[1] - box[0], box[3] - box[2]
+        return (*_pad_amounts(crop_h, self.config.pad_to), *_pad_amounts(crop_w, self.config.pad_to))
+
     def window_map(self, index: int, queries: slice) -> torch.Tensor:
         """``[1, q, h, w]``: window ``index``'s scores for ``queries`` at the window's own resolution."""
         config, grid = self.config, self.grids[index : index + 1, queries]
@@ -100,4 +117,9 @@ class WindowScores:
         total = self.image.new_zeros((1, count, self.height, self.width), dtype=torch.float32)
         for index, (y1, y2, x1, x2) in enumerate(self.boxes):
             total[:, :, y1:y2, x1:x2] += self.window_map(index, queries)
-        return total / self.counts
+        total /= self.counts
+        if self.config.lposs_plus:
+            if self._pixel_graph is None:  # one graph per image, reused by every chunk of queries
+                self._pixel_graph = self.propagation.pixel_graph(self.image)
+            total = self._pixel_graph.propagate(total)
+        return total

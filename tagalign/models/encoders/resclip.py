@@ -39,7 +39,7 @@ from .options import Option, declare_options
 from .sclip_family import gaussian_neighbourhood
 from .towers import Tower, as_tower, softmax_scores
 
-__all__ = ["BASES", "check_path", "patch_labels", "resclip", "sfr_attention"]
+__all__ = ["BASES", "check_path", "patch_labels", "refined_cosines", "resclip", "sfr_attention"]
 
 #: base -> whether the last block keeps its residual and FFN (the authors' ``w_resi``)
 BASES = {"naclip": False, "clearclip": False, "sclip": True, "vanilla": True}
@@ -59,8 +59,29 @@ def patch_labels(probabilities: torch.Tensor, patch: tuple[int, int], threshold:
     label = label.masked_fill(best < threshold, 0)
     h, w = label.shape[0] // patch[0], label.shape[1] // patch[1]
     blocks = label[: h * patch[0], : w * patch[1]].reshape(h, patch[0], w, patch[1]).permute(0, 2, 1, 3)
-    counts = F.one_hot(blocks.reshape(h, w, -1), probabilities.shape[0]).sum(dim=2)
-    return counts.argmax(dim=-1)  # the first maximum: the smallest label among ties
+    blocks = blocks.reshape(h * w, -1)
+    counts = torch.zeros(h * w, probabilities.shape[0], dtype=torch.long, device=label.device)
+    counts.scatter_add_(1, blocks, torch.ones_like(blocks))
+    return counts.argmax(dim=-1).view(h, w)  # the first maximum: the smallest label among ties
+
+
+def refined_cosines(cosines: torch.Tensor, images: torch.Tensor, with_pamr: bool = True) -> torch.Tensor:
+    """SFR's first-pass maps: grid cosines ``[B, Q, h, w]`` bilinear to the window ``[B, 3, H, W]``, then PAMR (10
+    iterations, dilations 8 and 16). Both steps are linear in the maps, so with more queries than patches the
+    window's ``h·w`` basis maps are refined instead and combined per query (the same maps, a fraction of the work
+    on large vocabularies)."""
+    size = tuple(images.shape[-2:])
+    batch, queries, h, w = cosines.shape
+    if not with_pamr or queries <= h * w:
+        up = F.interpolate(cosines, size=size, mode="bilinear", align_corners=False)
+        return pamr(images.float(), up, 10, (8, 16)) if with_pamr else up
+    basis = torch.eye(h * w, dtype=cosines.dtype, device=cosines.device).view(1, h * w, h, w)
+    out = []
+    for b in range(batch):
+        refined = pamr(images[b:b + 1].float(),
+                       F.interpolate(basis, size=size, mode="bilinear", align_corners=False), 10, (8, 16))
+        out.append(torch.einsum("gyx,qg->qyx", refined[0], cosines[b].reshape(queries, h * w)))
+    return torch.stack(out)
 
 
 def check_path(labels: torch.Tensor, full: bool = False, rows_per_chunk: int = 64) -> torch.Tensor:
@@ -197,10 +218,7 @@ def resclip(visual: nn.Module | Tower, images: torch.Tensor, text: torch.Tensor 
         return last_block(None)
     first = tower.dense_head()(last_block(None)).float()
     cosines = F.normalize(first, dim=-1) @ F.normalize(text.to(first), dim=-1).t()
-    cosines = cosines.transpose(1, 2).reshape(images.shape[0], -1, *grid)
-    cosines = F.interpolate(cosines, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    if sfr_pamr:
-        cosines = pamr(images.float(), cosines, 10, (8, 16))
+    cosines = refined_cosines(cosines.transpose(1, 2).reshape(images.shape[0], -1, *grid), images, sfr_pamr)
     probabilities = (logit_scale * cosines).softmax(dim=1)
     n, prefix = grid[0] * grid[1], tower.num_prefix
     maps = torch.zeros(images.shape[0], 1, prefix + n, prefix + n, device=k.device, dtype=torch.float32)

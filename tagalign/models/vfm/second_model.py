@@ -84,9 +84,28 @@ class SecondModel(nn.Module):
         out = self.model.forward_features(x)
         if self.spec.readout == "neck":
             return out
+        return self._token_map(out[:, self.model.num_prefix_tokens:], images)
+
+    @torch.no_grad()
+    def values(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, h', w']``: the last block's attention values (all heads, prefix tokens dropped), as LPOSS reads
+        DINO (a hook on ``blocks[-1].attn.qkv``). Defined on the ViT families (not SAM)."""
+        if self.spec.readout == "neck":
+            raise ValueError(f"second model '{self.name}' has no per-token attention values to read (SAM's encoder "
+                             "is windowed); use a DINO or DINOv2 model")
+        captured = []
+        qkv = self.model.blocks[-1].attn.qkv
+        handle = qkv.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            self.model.forward_features(self.prepare(images))
+        finally:
+            handle.remove()
+        width = captured[0].shape[-1] // 3
+        return self._token_map(captured[0][:, self.model.num_prefix_tokens:, 2 * width:], images)
+
+    def _token_map(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         h, w = self.grid(images)
-        tokens = out[:, self.model.num_prefix_tokens:]
-        return tokens.transpose(1, 2).reshape(out.shape[0], -1, h, w)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
 def _check_patch_embedding(name: str, spec: VfmSpec, path: str, model: nn.Module) -> None:
