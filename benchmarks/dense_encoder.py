@@ -8,7 +8,8 @@ Prints images/s for each, the time ratio against encode_image (surgery target <=
 last block should cost about the same as plain CLIP) and the machine. Any tower family of docs/backbones.md; timm
 towers (SigLIP, PE-Core, EVA02) run open_clip's encode_image only at their native size, so the baseline is measured
 there; encoders not defined on the family are listed as such. A VFM-guided encoder (proxyclip) runs its second model
-(full size, random weights) inside its time.
+(full size, random weights) inside its time; an encoder that reads the text queries (resclip's SFR) gets ``--queries``
+random ones (default 150, ADE20K's vocabulary), its first pass, PAMR and SFR map inside its time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import torch
 from _machine import machine_line
 
 from tagalign.models import ENCODERS, dense_features, load_clip
-from tagalign.models.encoders import UnsupportedTowerError, as_tower, check_encoder, interpolate_pos_embed, needs_vfm
+from tagalign.models.encoders import (
+    UnsupportedTowerError,
+    as_tower,
+    check_encoder,
+    interpolate_pos_embed,
+    needs_text,
+    needs_vfm,
+)
 from tagalign.models.vfm import load_vfm
 
 
@@ -43,6 +51,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=150, help="text queries for the encoders that read them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -66,6 +75,7 @@ def main() -> None:
                              f"{native[0]}x{native[1]} only; pass --size {native[0]}")
         plain = model
     images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    text = torch.randn(args.queries, tower.output_dim, device=args.device)
 
     def sync():
         if args.device.startswith("cuda"):
@@ -81,12 +91,14 @@ def main() -> None:
                 undefined[name] = str(err)
                 continue
             vfm = load_vfm(needs_vfm(name), pretrained=False, device=args.device) if needs_vfm(name) else None
-            timings[name] = _time(lambda name=name, vfm=vfm: (dense_features(model, images, name, vfm=vfm), sync()),
-                                  args.repeats)  # a VFM-guided encoder's time includes its second model's pass
+            words = text if needs_text(name) else None
+            timings[name] = _time(lambda name=name, vfm=vfm, words=words: (
+                dense_features(model, images, name, vfm=vfm, text_emb=words), sync()),
+                args.repeats)  # a VFM-guided encoder's time includes its second model's pass
 
     print(machine_line(args.device))
     print(f"model {args.model} ({tower.family} tower), random weights, fp32, batch {args.batch}, "
-          f"{args.size}x{args.size}, median of {args.repeats}")
+          f"{args.size}x{args.size}, median of {args.repeats}; {args.queries} text queries for resclip")
     print(f"{'open_clip encode_image':<24}{t_plain:.3f} s/batch  {args.batch / t_plain:.2f} images/s  (baseline)")
     for name, seconds in timings.items():
         print(f"{name:<24}{seconds:.3f} s/batch  {args.batch / seconds:.2f} images/s  ratio {seconds / t_plain:.3f}")

@@ -275,6 +275,7 @@ SPEC_TABLE["resclip"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224
                          "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, None, None, 40, 0.0),
                          "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
                          "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+SPEC_TABLE["lposs"] = SPEC_TABLE["lposs_plus"] = {key: (448, 224, 112, 40, 0.0) for key in SPEC_TABLE["sc_clip"]}
 # spec-2 §10, ResCLIP's encoder options: temp_thd, (τ, λ) RCS, (τ, λ) SFR
 RESCLIP_OPTIONS = {"voc": (0.50, 2.0, 0.3, 2.2, 0.7), "context": (0.30, 2.0, 0.3, 1.8, 0.7),
                    "coco_object": (0.11, 2.0, 0.4, 1.8, 0.7), "voc20": (0.10, 2.0, 0.6, 2.1, 0.6),
@@ -298,6 +299,8 @@ def test_presets_follow_the_spec_table(preset):
         assert settings["norm"] == "model" and settings["templates"] == "openai80"
         assert settings["normalize_each_template"] is True
         assert inference["pamr"] is (preset == "naclip")
+        assert inference.get("lposs", False) is preset.startswith("lposs")
+        assert inference.get("lposs_plus", False) is (preset == "lposs_plus")
         assert inference["area_thd"] == (0.1 if preset in ("sclip", "sc_clip") and key == "voc" else None)
         assert inference["pad_to"] == PAD_TO.get(preset, 0)
         assert settings["class_names"] == NAME_SET.get(preset, "sclip")

@@ -181,6 +181,33 @@ def test_proxyclip_preset_runs_its_protocol_with_its_second_model(one_image_layo
     assert refused.returncode != 0 and "reads no second vision model" in refused.stderr
 
 
+def test_lposs_plus_preset_propagates_with_its_second_model(one_image_layouts, tiny_clip_file, tmp_path):
+    """--preset lposs_plus: MaskCLIP's tokens, slide 224/112, LPOSS over the windows with a tiny DINO ViT-B/16 and
+    LPOSS+ over the pixels; both and the second model are recorded; mIoU recomputed from the labels, and the
+    propagation changes them (short side 224 instead of 448: a CPU test)."""
+    runs = {}
+    for flags in (["--preset", "lposs_plus", "--lposs-vfm-weights", "tiny"], ["--preset", "lposs", "--no-lposs"]):
+        out, preds = tmp_path / f"{flags[1]}.json", tmp_path / flags[1]
+        _run_test_tool(["--dataset", "context59", *flags, "--short-side", "224", "--data-root",
+                        str(one_image_layouts), "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file, "--out",
+                        str(out), "--save-preds", str(preds), "--work-dir", str(tmp_path / "w"), "--prompt-set",
+                        "simple"], tmp_path)
+        runs[flags[1]] = run = json.loads(out.read_text())["context59"]
+        layout_name, suffix, classes, reduce_zero = EXPECTED["context59"]
+        layout = LAYOUTS[layout_name]
+        miou, _ = _independent_miou(one_image_layouts / layout.subdir / layout.seg_dir, suffix,
+                                    preds / "context59", "", classes, reduce_zero)
+        assert abs(run["mIoU"] - miou) <= 1e-6
+    plus, plain = runs["lposs_plus"], runs["lposs"]
+    assert plus["encoder"] == plain["encoder"] == "maskclip"
+    inference = plus["settings"]["inference"]
+    assert (inference["lposs"], inference["lposs_plus"], inference["crop"], inference["stride"]) == (True, True, 224,
+                                                                                                      112)
+    assert plus["settings"]["model"]["lposs_vfm_weights"] == "tiny"
+    assert plain["settings"]["inference"]["lposs"] is False
+    assert plus["per_class_iou"] != plain["per_class_iou"]
+
+
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):
     with pytest.raises(MissingDatasetError, match=r"VOC2012/JPEGImages.*docs/datasets.md#voc"):
         resolve_data_root(BENCHMARKS["voc"], tmp_path)

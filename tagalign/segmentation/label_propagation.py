@@ -164,7 +164,7 @@ class PixelGraph:
         padded = F.pad(z * self.scale, (reach, reach, reach, reach))
         total = torch.zeros_like(z)
         for weight, (dy, dx) in zip(self.weights, self.offsets, strict=True):
-            total += weight * padded[:, reach + dy: reach + dy + height, reach + dx: reach + dx + width]
+            total.addcmul_(padded[:, reach + dy: reach + dy + height, reach + dx: reach + dx + width], weight)
         return total * self.scale
 
     @torch.no_grad()

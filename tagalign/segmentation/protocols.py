@@ -13,7 +13,10 @@ A preset is one method's own settings on top of its family: ``naclip`` (whole-im
 ``proxyclip`` (slide 336/112 padded to 56, τ 40, ProxyCLIP's names; ADE20K and Cityscapes short side 448),
 ``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object), ``resclip`` (SCLIP's windows,
 whole-image VOC/VOC20, and per dataset the encoder options ``temp_thd``, ``tau_rcs``/``lambda_rcs``,
-``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's).
+``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's),
+``lposs``/``lposs_plus`` (MaskCLIP with residual and FFN, short side 448, slide 224/112, no ``prob_thd``, label
+propagation over the windows, and for LPOSS+ over the pixels; their CLIP is OpenCLIP's ``laion2b_s34b_b88k``, chosen
+with ``--pretrained``).
 Datasets outside the table (ImageNet-S, the quickstart's shapes) keep their own image size; with background their
 ``prob_thd`` is 0.1, as on Context60.
 """
@@ -80,6 +83,12 @@ _TABLE: dict[str, dict[str, dict]] = {
                                                                 lambda_sfr=0.6)),
         "ade20k": dict(encoder_options=dict(temp_thd=0.25, lambda_rcs=0.3, tau_sfr=2.1)),
     },
+    "lposs": {  # LPOSS's configs/lposs.yaml and datasets/*.py (spec-2 §6): 448, slide 224/112, no prob_thd
+        "*": dict(short_side=448, inference=dict(lposs=True)),
+    },
+    "lposs_plus": {  # LPOSS+ (configs/lposs_plus.yaml): the same, then the pixel-level propagation
+        "*": dict(short_side=448, inference=dict(lposs=True, lposs_plus=True)),
+    },
     "proxyclip": {  # ProxyCLIP's configs/cfg_*.py (spec-1 §10.3): windows zero-padded to a multiple of 56
         "*": dict(class_names="proxyclip", inference=dict(crop=336, stride=112, pad_to=56, logit_scale=40.0)),
         "voc": dict(inference=dict(prob_thd=0.2)),
@@ -92,7 +101,7 @@ _TABLE: dict[str, dict[str, dict]] = {
 #: preset -> (protocol family, the encoder it runs by default)
 PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
            "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip"),
-           "resclip": ("sclip", "resclip")}
+           "resclip": ("sclip", "resclip"), "lposs": ("sclip", "maskclip"), "lposs_plus": ("sclip", "maskclip")}
 _TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 
