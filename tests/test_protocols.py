@@ -275,6 +275,10 @@ SPEC_TABLE["resclip"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224
                          "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, None, None, 40, 0.0),
                          "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
                          "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+SPEC_TABLE["cass"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224, 112, 40, 0.1),
+                      "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, 224, 112, 40, 0.0),
+                      "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
+                      "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
 SPEC_TABLE["lposs"] = SPEC_TABLE["lposs_plus"] = {key: (448, 224, 112, 40, 0.0) for key in SPEC_TABLE["sc_clip"]}
 # spec-2 §10, ResCLIP's encoder options: temp_thd, (τ, λ) RCS, (τ, λ) SFR
 RESCLIP_OPTIONS = {"voc": (0.50, 2.0, 0.3, 2.2, 0.7), "context": (0.30, 2.0, 0.3, 1.8, 0.7),
@@ -309,6 +313,8 @@ def test_presets_follow_the_spec_table(preset):
             assert options["base"] == "naclip"
             assert tuple(options[name] for name in ("temp_thd", "tau_rcs", "lambda_rcs", "tau_sfr", "lambda_sfr")) \
                 == RESCLIP_OPTIONS[key], key
+        elif preset == "cass":  # its singular-value stretch is off on VOC20 and Cityscapes
+            assert settings.get("encoder_options", {}).get("stretch", True) is (key not in ("voc20", "cityscapes"))
         else:
             assert "encoder_options" not in settings
 

@@ -14,6 +14,7 @@ A preset is one method's own settings on top of its family: ``naclip`` (whole-im
 ``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object), ``resclip`` (SCLIP's windows,
 whole-image VOC/VOC20, and per dataset the encoder options ``temp_thd``, ``tau_rcs``/``lambda_rcs``,
 ``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's),
+``cass`` (SCLIP's windows, whole-image VOC, DINO ViT-B/8, singular values not stretched on VOC20 and Cityscapes),
 ``lposs``/``lposs_plus`` (MaskCLIP with residual and FFN, short side 448, slide 224/112, no ``prob_thd``, label
 propagation over the windows, and for LPOSS+ over the pixels; their CLIP is OpenCLIP's ``laion2b_s34b_b88k``, chosen
 with ``--pretrained``).
@@ -83,6 +84,14 @@ _TABLE: dict[str, dict[str, dict]] = {
                                                                 lambda_sfr=0.6)),
         "ade20k": dict(encoder_options=dict(temp_thd=0.25, lambda_rcs=0.3, tau_sfr=2.1)),
     },
+    "cass": {  # CASS's configs/cfg_*.py (spec-2 §10): SCLIP's windows and names, whole-image VOC; no s-rescale on
+        # VOC20 and Cityscapes (its text adjustment's g_w, α and h_thr are not used: tagalign does not run that step)
+        "voc": dict(inference=dict(mode="whole", prob_thd=0.1)),
+        "context": dict(inference=dict(prob_thd=0.1)),
+        "coco_object": dict(inference=dict(prob_thd=0.1)),
+        "voc20": dict(encoder_options=dict(stretch=False)),
+        "cityscapes": dict(short_side=560, encoder_options=dict(stretch=False)),
+    },
     "lposs": {  # LPOSS's configs/lposs.yaml and datasets/*.py (spec-2 §6): 448, slide 224/112, no prob_thd
         "*": dict(short_side=448, inference=dict(lposs=True)),
     },
@@ -101,7 +110,8 @@ _TABLE: dict[str, dict[str, dict]] = {
 #: preset -> (protocol family, the encoder it runs by default)
 PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
            "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip"),
-           "resclip": ("sclip", "resclip"), "lposs": ("sclip", "maskclip"), "lposs_plus": ("sclip", "maskclip")}
+           "resclip": ("sclip", "resclip"), "lposs": ("sclip", "maskclip"), "lposs_plus": ("sclip", "maskclip"),
+           "cass": ("sclip", "cass")}
 _TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 

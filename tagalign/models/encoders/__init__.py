@@ -5,7 +5,8 @@
 - :mod:`.plain`: ``vanilla`` and ``maskclip``; :mod:`.sclip_family`: ``sclip``, ``clearclip``, ``naclip``;
   :mod:`.surgery`: ``surgery`` (TagAlign's, the default) and ``clip_surgery``; :mod:`.proxyclip`: ``proxyclip``
   (attention from a second vision model, :mod:`tagalign.models.vfm`); :mod:`.sc_clip`: ``sc_clip``;
-  :mod:`.resclip`: ``resclip`` (RCS and SFR on a base encoder; SFR reads the text queries);
+  :mod:`.resclip`: ``resclip`` (RCS and SFR on a base encoder; SFR reads the text queries); :mod:`.cass`: ``cass``
+  (CLIP's last attention blended with DINO's keys, heads paired by their spectra);
 - :mod:`.options`: each encoder's declared options (type, default, range), validated before a model is built;
 - :mod:`.registry`: :data:`ENCODERS`, :func:`check_encoder` and :func:`dense_features`.
 """

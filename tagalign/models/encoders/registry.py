@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .cass import cass
 from .options import describe_options, validate_options
 from .plain import maskclip, vanilla
 from .proxyclip import proxyclip
@@ -44,6 +45,7 @@ ENCODERS: dict[str, Callable[..., torch.Tensor]] = {
     "sc_clip": sc_clip,
     "resclip": resclip,
     "proxyclip": proxyclip,
+    "cass": cass,
 }
 
 

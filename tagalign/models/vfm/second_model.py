@@ -90,18 +90,28 @@ class SecondModel(nn.Module):
     def values(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, h', w']``: the last block's attention values (all heads, prefix tokens dropped), as LPOSS reads
         DINO (a hook on ``blocks[-1].attn.qkv``). Defined on the ViT families (not SAM)."""
+        return self.attention_part(images, "v")
+
+    @torch.no_grad()
+    def attention_part(self, images: torch.Tensor, part: str, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, C, h', w']``: the last block's attention ``part`` (``q``, ``k`` or ``v``; all heads, before any q/k
+        norm, prefix tokens dropped) of ``images`` (or of an input the caller ``prepared`` itself, fed unchanged)."""
         if self.spec.readout == "neck":
             raise ValueError(f"second model '{self.name}' has no per-token attention values to read (SAM's encoder "
                              "is windowed); use a DINO or DINOv2 model")
         captured = []
         qkv = self.model.blocks[-1].attn.qkv
         handle = qkv.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        x = self.prepare(images) if prepared is None else prepared
         try:
-            self.model.forward_features(self.prepare(images))
+            self.model.forward_features(x)
         finally:
             handle.remove()
         width = captured[0].shape[-1] // 3
-        return self._token_map(captured[0][:, self.model.num_prefix_tokens:, 2 * width:], images)
+        start = "qkv".index(part) * width
+        tokens = captured[0][:, self.model.num_prefix_tokens:, start:start + width]
+        h, w = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
     def _token_map(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         h, w = self.grid(images)
