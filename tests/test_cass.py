@@ -144,3 +144,89 @@ def test_cass_options_and_refusals(tiny_clip, dino):
     assert (lowrank - exact).abs().max() < 0.1  # the randomised factorisation approximates the exact one
     with pytest.raises(ValueError, match="reads a second vision model"):
         dense_features(tiny_clip, image, "cass")
+
+
+# ------------------------------------------------------------------ the object-level text adjustment (scoring)
+def _adjusted_scores(features, texts, clusters, global_similarity, alpha, weight):
+    """Per window and cluster: the query the global CLS likes best, moved toward the mean of its two closest
+    patches; scores (1 − g_w)·cos(f, t̃) + g_w·(g·t)."""
+    out = []
+    for b in range(features.shape[0]):
+        f = F.normalize(features[b].flatten(1), dim=0)  # [D, n]
+        g = global_similarity[b if global_similarity.shape[0] > 1 else 0]
+        adjusted = texts.clone()
+        for cluster in sorted(set(clusters)):
+            members = [q for q in range(len(texts)) if clusters[q] == cluster]
+            best = max(members, key=lambda q: float(g[q]))
+            sims = [(float(texts[best] @ f[:, i]), i) for i in range(f.shape[1])]
+            top = [i for _, i in sorted(sims, reverse=True)[:2]]
+            mean = F.normalize((f[:, top[0]] + f[:, top[1]]) / 2, dim=0)
+            adjusted[best] = F.normalize((1 - alpha) * texts[best] + alpha * mean, dim=0)
+        cos = adjusted @ f
+        out.append(((1 - weight) * cos + weight * g[:, None]).reshape(len(texts), *features.shape[-2:]))
+    return torch.stack(out)
+
+
+def test_query_clusters_cut_the_ward_tree_at_the_threshold():
+    from tagalign.segmentation.text_adjustment import query_clusters
+
+    torch.manual_seed(9)
+    centres = F.normalize(torch.randn(3, 32), dim=-1)
+    texts = torch.cat([centres[i] + 0.01 * torch.randn(4, 32) for i in (0, 1, 2)])  # three tight groups of four
+    clusters = query_clusters(texts, 0.1)
+    groups = [set(clusters[4 * i: 4 * i + 4].tolist()) for i in range(3)]
+    assert all(len(g) == 1 for g in groups) and len(set.union(*groups)) == 3
+    assert len(set(query_clusters(texts, 100.0).tolist())) == 1
+    assert len(set(query_clusters(texts, 0.0).tolist())) == 12
+    # three queries at angles 0, 0.3, 1.2: Ward merges a, b at their cosine distance, then c at the Lance-Williams
+    # height sqrt((2 d_ac² + 2 d_bc² − d_ab²) / 3)
+    a, b, c = (torch.tensor([math.cos(t), math.sin(t)]) for t in (0.0, 0.3, 1.2))
+    d_ab, d_ac, d_bc = 1 - math.cos(0.3), 1 - math.cos(1.2), 1 - math.cos(0.9)
+    top = math.sqrt((2 * d_ac**2 + 2 * d_bc**2 - d_ab**2) / 3)
+    three = torch.stack([a, b, c])
+    for threshold, count in ((d_ab - 1e-4, 3), (d_ab + 1e-4, 2), (top - 1e-4, 2), (top + 1e-4, 1)):
+        assert len(set(query_clusters(three, threshold).tolist())) == count, threshold
+
+
+def test_object_text_adjustment_equals_its_steps():
+    from tagalign.segmentation.text_adjustment import ObjectTextAdjustment
+
+    torch.manual_seed(10)
+    features, texts = torch.randn(2, 16, 3, 4), F.normalize(torch.randn(6, 16), dim=-1)
+    clusters = [0, 0, 1, 2, 1, 2]
+    global_similarity = torch.randn(2, 6)
+    ours = ObjectTextAdjustment(global_similarity, torch.tensor(clusters), 0.3, 0.25).cosines(features, texts)
+    expected = _adjusted_scores(features, texts, clusters, global_similarity, 0.3, 0.25)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    plain = torch.einsum("bdhw,qd->bqhw", F.normalize(features, dim=1), texts)
+    assert torch.allclose(ObjectTextAdjustment(global_similarity, torch.tensor(clusters), 0.0, 0.0).cosines(
+        features, texts), plain, atol=1e-6)  # α = g_w = 0: the plain cosines
+
+
+@pytest.mark.parametrize("crop_cls", [False, True])
+def test_window_scores_adjust_each_window_with_the_whole_images_cls(tiny_clip, dino, crop_cls):
+    """A 224x224 image in four 112 windows under the sclip protocol: each window's scores are its adjusted cosines
+    with g the CLIP embedding of the whole image (open_clip's own encode_image at its native size), or of the window
+    (crop_cls)."""
+    from tagalign.models import TagAlign
+    from tagalign.segmentation.inference_config import InferenceConfig
+    from tagalign.segmentation.text_adjustment import query_clusters
+    from tagalign.segmentation.windows import WindowScores
+
+    torch.manual_seed(11)
+    model = TagAlign(tiny_clip, encoder="cass", vfm=dino)
+    image, text = torch.randn(1, 3, 224, 224), torch.randn(5, 64)
+    config = InferenceConfig(protocol="sclip", crop=112, stride=112, cass_adjust=True, cass_alpha=0.2,
+                             cass_global_weight=0.3, cass_cluster_threshold=0.5, cass_crop_cls=crop_cls)
+    scores = WindowScores(model, image, text, config)
+    texts = F.normalize(text, dim=-1)
+    clusters = query_clusters(text, 0.5).tolist()
+    assert len(set(clusters)) > 1
+    for index, (y1, y2, x1, x2) in enumerate(scores.boxes):
+        crop = image[:, :, y1:y2, x1:x2]
+        with torch.no_grad():
+            features = dense_features(tiny_clip, crop, "cass", vfm=dino)
+            g_image = model.tower.encode(crop) if crop_cls else tiny_clip.encode_image(image)
+        g = F.normalize(g_image, dim=-1) @ texts.t()
+        expected = _adjusted_scores(features, texts, clusters, g, 0.2, 0.3)
+        assert torch.allclose(scores.grids[index], expected[0], atol=1e-4), index

@@ -279,6 +279,10 @@ SPEC_TABLE["cass"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224, 1
                       "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, 224, 112, 40, 0.0),
                       "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
                       "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+# spec-2 §10, CASS's text adjustment: g_w, α, h_thr
+CASS_TEXT = {"voc": (0.10, 0.03, 0.10), "context": (0.25, 0.04, 0.09), "coco_object": (0.25, 0.01, 0.10),
+             "voc20": (0.40, 0.02, 0.10), "context59": (0.25, 0.04, 0.09), "coco_stuff": (0.20, 0.02, 0.02),
+             "cityscapes": (0.10, 0.03, 0.14), "ade20k": (0.30, 0.05, 0.06)}
 SPEC_TABLE["lposs"] = SPEC_TABLE["lposs_plus"] = {key: (448, 224, 112, 40, 0.0) for key in SPEC_TABLE["sc_clip"]}
 # spec-2 §10, ResCLIP's encoder options: temp_thd, (τ, λ) RCS, (τ, λ) SFR
 RESCLIP_OPTIONS = {"voc": (0.50, 2.0, 0.3, 2.2, 0.7), "context": (0.30, 2.0, 0.3, 1.8, 0.7),
@@ -315,6 +319,10 @@ def test_presets_follow_the_spec_table(preset):
                 == RESCLIP_OPTIONS[key], key
         elif preset == "cass":  # its singular-value stretch is off on VOC20 and Cityscapes
             assert settings.get("encoder_options", {}).get("stretch", True) is (key not in ("voc20", "cityscapes"))
+            assert inference["cass_adjust"] is True
+            assert (inference["cass_global_weight"], inference["cass_alpha"],
+                    inference["cass_cluster_threshold"]) == CASS_TEXT[key], key
+            assert inference.get("cass_crop_cls", False) is (key == "cityscapes")
         else:
             assert "encoder_options" not in settings
 

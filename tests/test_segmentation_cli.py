@@ -208,6 +208,27 @@ def test_lposs_plus_preset_propagates_with_its_second_model(one_image_layouts, t
     assert plus["per_class_iou"] != plain["per_class_iou"]
 
 
+def test_cass_preset_adjusts_the_queries_per_window(one_image_layouts, tiny_clip_file, tmp_path):
+    """--preset cass on ADE20K with a tiny DINO ViT-B/8: its text adjustment with ADE20K's (g_w, α, cut) recorded,
+    CASS's published number beside ours, mIoU recomputed from the labels (short side 224: a CPU test)."""
+    out, preds = tmp_path / "cass.json", tmp_path / "preds"
+    result = _run_test_tool(["--dataset", "ade20k", "--preset", "cass", "--vfm-weights", "tiny", "--short-side", "224",
+                             "--data-root", str(one_image_layouts), "--clip", "tagalign-tiny", "--pretrained",
+                             tiny_clip_file, "--out", str(out), "--save-preds", str(preds), "--work-dir",
+                             str(tmp_path / "w"), "--prompt-set", "simple"], tmp_path)
+    run = json.loads(out.read_text())["ade20k"]
+    inference = run["settings"]["inference"]
+    assert run["encoder"] == "cass" and inference["cass_adjust"] is True
+    assert (inference["cass_global_weight"], inference["cass_alpha"], inference["cass_cluster_threshold"]) == (
+        0.30, 0.05, 0.06)
+    assert f"{run['mIoU']:>8.2f}{20.4:>11.2f}" in result.stdout
+    layout_name, suffix, classes, reduce_zero = EXPECTED["ade20k"]
+    layout = LAYOUTS[layout_name]
+    miou, _ = _independent_miou(one_image_layouts / layout.subdir / layout.seg_dir, suffix, preds / "ade20k", "",
+                                classes, reduce_zero)
+    assert abs(run["mIoU"] - miou) <= 1e-6
+
+
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):
     with pytest.raises(MissingDatasetError, match=r"VOC2012/JPEGImages.*docs/datasets.md#voc"):
         resolve_data_root(BENCHMARKS["voc"], tmp_path)

@@ -158,6 +158,8 @@ def parse_args() -> argparse.Namespace:
                              "features (--lposs-vfm; any encoder)")
     parser.add_argument("--lposs-plus", action=argparse.BooleanOptionalAction,
                         help="LPOSS+: then propagate the averaged maps over the image's pixels (colour graph)")
+    parser.add_argument("--cass-adjust", action=argparse.BooleanOptionalAction,
+                        help="CASS's object-level text adjustment of each window's scores (on in --preset cass)")
     parser.add_argument("--lposs-vfm", choices=list(VFM_CATALOG), default="dino_vitb16",
                         help="LPOSS's second model (its last block's attention values; default dino_vitb16)")
     parser.add_argument("--lposs-vfm-weights", help="its weights: a local file or 'tiny' (default: the hub)")
@@ -214,7 +216,7 @@ def parse_args() -> argparse.Namespace:
 
 _INFERENCE_FLAGS = ("mode", "crop", "stride", "pad_to", "crop_batch", "precision", "bg_thresh", "clip_w", "pamr",
                     "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd", "map_budget_mb",
-                    "lposs", "lposs_plus")
+                    "lposs", "lposs_plus", "cass_adjust")
 
 
 def _inference_options(args) -> dict:

@@ -54,11 +54,12 @@ class DenseScoring:
         score: str = "sigmoid",
         mix: str = "probabilities",
         feature_surgery: bool = False,
+        adjustment=None,
     ) -> torch.Tensor:
         """The scores of :meth:`masks` ``[B, N, h, w]`` on the patch grid, before the upsampling."""
         if score not in SCORES or mix not in MIXES:
             raise ValueError(f"score must be one of {SCORES} and mix one of {MIXES}; got '{score}', '{mix}'")
-        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
+        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0, adjustment=adjustment)
 
         def activate(similarity: torch.Tensor) -> torch.Tensor:
             logits = scale * similarity
@@ -72,10 +73,15 @@ class DenseScoring:
 
     @torch.no_grad()
     def cosines(self, images: torch.Tensor, text_emb: torch.Tensor, feature_surgery: bool = False,
-                with_clip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                with_clip: bool = True, adjustment=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cosine maps ``[B, N, h, w]`` on the patch grid: the projected features' and (``with_clip``) the frozen
         CLIP branch's, both from one encoder pass (which reads ``text_emb`` where the encoder needs the queries:
-        ``resclip``); ``feature_surgery`` applies CLIP Surgery's label-set step."""
+        ``resclip``); ``feature_surgery`` applies CLIP Surgery's label-set step; ``adjustment`` (CASS's
+        :class:`~tagalign.segmentation.text_adjustment.ObjectTextAdjustment`) scores each branch with its texts
+        adjusted to the window."""
+        if adjustment is not None and feature_surgery:
+            raise ValueError("CASS's text adjustment and CLIP Surgery's feature surgery are two scoring steps; "
+                             "choose one")
         texts = F.normalize(text_emb.to(images.device, torch.float32), dim=-1)
         if feature_surgery:
             global_embedding, patches = self.encode_dense(images, texts)
@@ -84,6 +90,8 @@ class DenseScoring:
             patches = self.encode_patches(images, texts)
 
         def cosine(features: torch.Tensor) -> torch.Tensor:
+            if adjustment is not None:
+                return adjustment.cosines(features, texts)
             similarity = torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
             return label_set_feature_surgery(similarity, cls.float() @ texts.t()) if feature_surgery else similarity
 
@@ -92,11 +100,11 @@ class DenseScoring:
 
     @torch.no_grad()
     def similarities(self, images: torch.Tensor, text_emb: torch.Tensor, clip_w: float = 0.3,
-                     feature_surgery: bool = False) -> torch.Tensor:
+                     feature_surgery: bool = False, adjustment=None) -> torch.Tensor:
         """``(1 - clip_w) * cos_projected + clip_w * cos_clip`` ``[B, N, h, w]`` on the patch grid: the cosine maps
         the SCLIP-family protocol averages over windows before its softmax (for an untrained projector both terms
         are the encoder's own CLIP cosines)."""
-        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0)
+        projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0, adjustment=adjustment)
         return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * clip
 
 

@@ -115,7 +115,7 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
     "resclip_sclip": ("ResCLIP on SCLIP, its README's figure", _row(60.7, 32.9, 34.3, 84.6, 35.8, 23.9, 34.4, 17.6)),
     "resclip_clearclip": ("ResCLIP on ClearCLIP, its README's figure",
                           _row(59.0, 32.9, 34.0, 87.1, 36.4, 24.3, 34.5, 17.8)),
-    "cass": ("CASS, its README's figure (with its object-level text adjustment, which tagalign does not run yet)",
+    "cass": ("CASS, its README's figure (with its object-level text adjustment)",
              _row(65.8, 36.7, 37.8, 87.8, 40.2, 26.7, 39.4, 20.4)),
     "naclip_no_pamr": ("NACLIP without PAMR (ResCLIP and Trident, 3rd-party)",
                        _row(58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4)),

@@ -14,7 +14,8 @@ A preset is one method's own settings on top of its family: ``naclip`` (whole-im
 ``sc_clip`` (SCLIP's windows; τ 50 and area_thd 0.1 on VOC, τ 55 on COCO-Object), ``resclip`` (SCLIP's windows,
 whole-image VOC/VOC20, and per dataset the encoder options ``temp_thd``, ``tau_rcs``/``lambda_rcs``,
 ``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's),
-``cass`` (SCLIP's windows, whole-image VOC, DINO ViT-B/8, singular values not stretched on VOC20 and Cityscapes),
+``cass`` (SCLIP's windows, whole-image VOC, DINO ViT-B/8, its object-level text adjustment with per-dataset g_w, α
+and cluster cut, singular values not stretched on VOC20 and Cityscapes),
 ``lposs``/``lposs_plus`` (MaskCLIP with residual and FFN, short side 448, slide 224/112, no ``prob_thd``, label
 propagation over the windows, and for LPOSS+ over the pixels; their CLIP is OpenCLIP's ``laion2b_s34b_b88k``, chosen
 with ``--pretrained``).
@@ -37,6 +38,10 @@ _SCLIP_BASE = dict(
 )
 _TAGALIGN_BASE = dict(norm="imagenet", short_side=None, templates="simple", normalize_each_template=False,
                       class_names="dataset", inference=dict())
+
+def _cass_text(global_weight: float, alpha: float, threshold: float) -> dict:
+    return dict(cass_global_weight=global_weight, cass_alpha=alpha, cass_cluster_threshold=threshold)
+
 
 # per-dataset values over the family's base (spec §10.3); "inference" entries are InferenceConfig fields
 _TABLE: dict[str, dict[str, dict]] = {
@@ -84,13 +89,18 @@ _TABLE: dict[str, dict[str, dict]] = {
                                                                 lambda_sfr=0.6)),
         "ade20k": dict(encoder_options=dict(temp_thd=0.25, lambda_rcs=0.3, tau_sfr=2.1)),
     },
-    "cass": {  # CASS's configs/cfg_*.py (spec-2 §10): SCLIP's windows and names, whole-image VOC; no s-rescale on
-        # VOC20 and Cityscapes (its text adjustment's g_w, α and h_thr are not used: tagalign does not run that step)
-        "voc": dict(inference=dict(mode="whole", prob_thd=0.1)),
-        "context": dict(inference=dict(prob_thd=0.1)),
-        "coco_object": dict(inference=dict(prob_thd=0.1)),
-        "voc20": dict(encoder_options=dict(stretch=False)),
-        "cityscapes": dict(short_side=560, encoder_options=dict(stretch=False)),
+    "cass": {  # CASS's configs/cfg_*.py (spec-2 §10): SCLIP's windows and names, whole-image VOC; its text
+        # adjustment's (g_w, α, cluster cut) per dataset; no singular-value stretch on VOC20 and Cityscapes
+        "*": dict(inference=dict(cass_adjust=True)),
+        "voc": dict(inference=dict(mode="whole", prob_thd=0.1, **_cass_text(0.10, 0.03, 0.10))),
+        "context": dict(inference=dict(prob_thd=0.1, **_cass_text(0.25, 0.04, 0.09))),
+        "coco_object": dict(inference=dict(prob_thd=0.1, **_cass_text(0.25, 0.01, 0.10))),
+        "voc20": dict(inference=_cass_text(0.40, 0.02, 0.10), encoder_options=dict(stretch=False)),
+        "context59": dict(inference=_cass_text(0.25, 0.04, 0.09)),
+        "coco_stuff": dict(inference=_cass_text(0.20, 0.02, 0.02)),
+        "cityscapes": dict(short_side=560, inference=dict(cass_crop_cls=True, **_cass_text(0.10, 0.03, 0.14)),
+                           encoder_options=dict(stretch=False)),
+        "ade20k": dict(inference=_cass_text(0.30, 0.05, 0.06)),
     },
     "lposs": {  # LPOSS's configs/lposs.yaml and datasets/*.py (spec-2 §6): 448, slide 224/112, no prob_thd
         "*": dict(short_side=448, inference=dict(lposs=True)),

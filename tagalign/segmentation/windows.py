@@ -18,6 +18,7 @@ from .class_chunks import resize_maps
 from .inference_config import InferenceConfig, autocast, window_grid
 from .label_propagation import LabelPropagation
 from .pamr import pamr
+from .text_adjustment import ObjectTextAdjustment, query_clusters
 
 __all__ = ["WindowScores"]
 
@@ -54,6 +55,11 @@ class WindowScores:
             self.boxes = [(0, self.height, 0, self.width)]
         else:
             self.boxes = window_grid(self.height, self.width, config.crop, config.stride)
+        self.clusters = self.global_similarity = None
+        if config.cass_adjust:  # clusters of the queries, and the whole image's CLS against them (CASS)
+            self.clusters = query_clusters(text_emb, config.cass_cluster_threshold)
+            if not config.cass_crop_cls:
+                self.global_similarity = self._global_similarity(model, image, text_emb)
         grids = []
         for start in range(0, len(self.boxes), config.crop_batch):
             crops = torch.cat([self._crop(box) for box in self.boxes[start : start + config.crop_batch]])
@@ -77,17 +83,34 @@ class WindowScores:
         y1, y2, x1, x2 = box
         return self.image[:, :, y1:y2, x1:x2]
 
+    @staticmethod
+    def _global_similarity(model, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``[B, Q]``: the unmodified CLIP's image embedding of ``images`` against the normalised queries."""
+        embedding = F.normalize(model.tower.encode(images).float(), dim=-1)
+        return embedding @ F.normalize(text_emb.to(embedding), dim=-1).t()
+
+    def _adjustment(self, model, crops: torch.Tensor, text_emb: torch.Tensor) -> ObjectTextAdjustment | None:
+        config = self.config
+        if not config.cass_adjust:
+            return None
+        similarity = self.global_similarity
+        if similarity is None:
+            similarity = self._global_similarity(model, crops, text_emb)
+        return ObjectTextAdjustment(similarity, self.clusters, config.cass_alpha, config.cass_global_weight)
+
     def _score(self, model, crops: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         config = self.config
+        adjustment = self._adjustment(model, crops, text_emb)
+        extra = {"adjustment": adjustment} if adjustment is not None else {}
         with autocast(crops.device, config.precision):
             if config.protocol == "sclip":
                 top, bottom = _pad_amounts(crops.shape[-2], config.pad_to)
                 left, right = _pad_amounts(crops.shape[-1], config.pad_to)
                 grid = model.similarities(F.pad(crops, (left, right, top, bottom)), text_emb, clip_w=config.clip_w,
-                                          feature_surgery=config.feature_surgery)
+                                          feature_surgery=config.feature_surgery, **extra)
             else:
                 grid = model.grid_masks(crops, text_emb, clip_w=config.clip_w, scale=config.scale,
-                                        bias=config.bias, **_score_options(config))
+                                        bias=config.bias, **_score_options(config), **extra)
         # contiguous: the einsum leaves channels last, and maps must not depend on their neighbours (resize_maps)
         return grid.float().contiguous()
 

@@ -23,8 +23,8 @@ with its own statistics at the window's aspect.
 Differences from the authors' code, named: their DINO input also passes through 8-bit rounding and PIL's resize (not
 reproduced: bilinear here); their rank-10 factorisation is ``torch.svd_lowrank`` (randomised), ``svd=exact`` (the
 default) takes the exact truncated SVD it approximates, ``svd=lowrank`` theirs; their code runs one window per
-forward, ours loops over the batch. Their object-level text adjustment and global-CLS logit mix are a scoring step
-that this encoder does not run (docs/encoders.md).
+forward, ours loops over the batch. Their object-level text adjustment and global-CLS logit mix are a scoring step,
+not part of the encoder: :mod:`tagalign.segmentation.text_adjustment` (``--preset cass`` turns it on).
 """
 
 from __future__ import annotations
