@@ -32,8 +32,6 @@ class PatchFeatureCache:
         return self
 
     def _cached(self, model, encode):
-        from .models.encoders import needs_text
-
         def digest_of(tensor: torch.Tensor) -> str:
             return hashlib.sha1(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
@@ -41,7 +39,7 @@ class PatchFeatureCache:
             encoder = tuple(sorted((k, repr(v.identity() if hasattr(v, "identity") else v))
                                    for k, v in model.encoder_config.items()))
             # an encoder that reads the words (resclip) gives other tokens for other words
-            words = digest_of(text_emb) if text_emb is not None and needs_text(model.encoder) else None
+            words = digest_of(text_emb) if text_emb is not None and getattr(model, "reads_text", False) else None
             key = (id(model.clip), encoder, tuple(images.shape), digest_of(images), words)
             if key in self.entries:
                 self.hits += 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from tagalign.models import TagAlign
+from tagalign.models.pamr import pamr
 from tagalign.segmentation import InferenceConfig, predict_probabilities
-from tagalign.segmentation.pamr import pamr
 
 
 def _reference_pamr(image, mask, num_iter, dilations):

@@ -30,6 +30,12 @@ INFERENCE_DEFAULTS = {
     "pamr_stride": 4, "score": "sigmoid", "mix": "probabilities", "feature_surgery": False, "protocol": "tagalign",
     "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None, "pad_to": 0,
     "map_budget_mb": 256.0,  # not a result setting: labels are the same under any budget (tests/test_class_chunks.py)
+    # LPOSS (spec-2 §6, configs/lposs*.yaml): α, k, σ, γ, τ, the pixel window
+    "lposs": False, "lposs_plus": False, "lposs_alpha": 0.95, "lposs_k": 400, "lposs_sigma": 0.01, "lposs_gamma": 3.0,
+    "lposs_tau": 0.01, "lposs_radius": 13,
+    # CASS's text adjustment (spec-2 §4, §10): its Context59 config's α, g_w and cluster cut
+    "cass_adjust": False, "cass_alpha": 0.04, "cass_global_weight": 0.25, "cass_cluster_threshold": 0.09,
+    "cass_crop_cls": False,
 }
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from mmseg.structures import SegDataSample
 
 from tagalign.models import dense_features
+from tagalign.models.pamr import pamr
 from tagalign.segmentation.class_names import class_name_groups, resolve_duplicates
 from tagalign.segmentation.inference import InferenceConfig
-from tagalign.segmentation.pamr import pamr
 from tagalign.segmentation.protocols import protocol_settings
 from tagalign.segmentation.segmentor import TagAlignSegmentor
 

@@ -13,7 +13,7 @@ from test_dense import _layer_norm
 from test_encoders import _block_inputs, _merge, _mlp, _omega, _out_proj, _qkv, _softmax
 
 from tagalign.models import dense_features
-from tagalign.segmentation.pamr import pamr
+from tagalign.models.pamr import pamr
 
 RCS_BLOCKS = (3, 4, 5)
 

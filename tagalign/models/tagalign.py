@@ -24,6 +24,7 @@ from .encoders import (
     as_tower,
     check_encoder,
     encode_tokens,
+    needs_text,
     needs_vfm,
     surgery_patch_tokens,
     surgery_streams,
@@ -198,6 +199,11 @@ class TagAlign(DenseScoring, nn.Module):
         """The keyword arguments that build this model's dense encoder (for a second model on the same tokens)."""
         return {"encoder": self.encoder, "encoder_options": dict(self.encoder_options),
                 "surgery_layers": self.surgery_layers, "pos_interpolation": self.pos_interpolation, "vfm": self.vfm}
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the encoder's tokens depend on the text queries (``resclip``'s SFR)."""
+        return needs_text(self.encoder) and self.encoder_options.get("sfr", True)
 
     @property
     def patch_size(self) -> int:

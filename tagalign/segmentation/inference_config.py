@@ -53,11 +53,12 @@ class InferenceConfig:
     lposs_tau: float = 0.01
     lposs_radius: int = 13
 
-    # CASS's object-level text adjustment (text_adjustment.py): α, g_w, the cluster cut, and whose CLS is "global"
+    # CASS's object-level text adjustment (text_adjustment.py): α, g_w, the cluster cut (defaults: its Context59
+    # config), and whose CLS is "global"
     cass_adjust: bool = False
-    cass_alpha: float = 0.03
+    cass_alpha: float = 0.04
     cass_global_weight: float = 0.25
-    cass_cluster_threshold: float = 0.1
+    cass_cluster_threshold: float = 0.09
     cass_crop_cls: bool = False  # the window's own CLS embedding instead of the whole image's
 
     def lposs_settings(self) -> LpossSettings:

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..models.pamr import pamr_affinity, propagate
 from .class_chunks import ClassChunk, RunningArgmax, class_max, resize_maps
 from .inference_config import InferenceConfig
-from .pamr import pamr_affinity, propagate
 from .windows import WindowScores
 
 __all__ = ["sclip_labels", "small_classes", "tagalign_labels", "to_original_size"]

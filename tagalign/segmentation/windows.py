@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.pamr import pamr
 from .class_chunks import resize_maps
 from .inference_config import InferenceConfig, autocast, window_grid
 from .label_propagation import LabelPropagation
-from .pamr import pamr
 from .text_adjustment import ObjectTextAdjustment, query_clusters
 
 __all__ = ["WindowScores"]

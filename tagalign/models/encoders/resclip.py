@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...segmentation.pamr import pamr
+from ..pamr import pamr
 from .options import Option, declare_options
 from .sclip_family import gaussian_neighbourhood
 from .towers import Tower, as_tower, softmax_scores

@@ -1,4 +1,5 @@
-"""Pixel-adaptive mask refinement (PAMR, Araslanov & Roth 2020), the post-processing of TCL's "Post" rows.
+"""Pixel-adaptive mask refinement (PAMR, Araslanov & Roth 2020), the post-processing of TCL's "Post" rows (and a step
+inside ResCLIP's encoder, hence its place beside the models).
 
 Affinity between a pixel and each of its 8 neighbours at every dilation:
 ``-|I_p - I_q| / (1e-8 + 0.1 * std_local(I))`` averaged over colour channels, softmax over all neighbours; the mask
