@@ -57,6 +57,11 @@ class SegmentationDemo:
         self.cache = PatchFeatureCache().attach(self.model, self.baseline)
         self.vocab = vocab
         self.tag_count = tag_count
+        vfm = getattr(model, "vfm", None)
+        #: the dense encoder served (and its second model), shown on the page
+        self.encoder_name = model.encoder + (f" with {vfm.name}" if vfm is not None else "")
+        self.baseline_name = ("CLIP surgery (untrained)" if model.encoder == "surgery"
+                              else f"{model.encoder} (untrained)")
 
     def run(self, image: np.ndarray | str | UnreadableUpload | None, queries: str, background: bool = True,
             bg_thresh: float = 0.4, clip_w: float = 0.3, slide: bool = True, pamr: bool = False,
@@ -102,7 +107,7 @@ class SegmentationDemo:
             rows = ["TagAlign"]
             if compare_clip:
                 maps.append(segment(self.baseline, image, lines, **options).probabilities)
-                rows.append("CLIP surgery (untrained)")
+                rows.append(self.baseline_name)
             if self.vocab is not None:
                 tags = tag(self.model, image, top_k=self.tag_count, vocab=self.vocab)
                 result.tags = "Top tags: " + ", ".join(f"{name} ({score:.2f})" for name, score in tags)
@@ -178,7 +183,10 @@ def build_app(demo: SegmentationDemo, examples: Sequence[str] = (), title: str =
 
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}: segment and tag your own images\nOne query per line; commas list synonyms of one "
-                    f"class (`tv, monitor`). The bottom row of the heatmaps is the untrained CLIP-surgery baseline.")
+                    f"class (`tv, monitor`). The bottom row of the heatmaps is the untrained baseline on the same "
+                    f"encoder.")
+        gr.Markdown(f"Dense encoder: `{demo.encoder_name}` (`tools/app.py --encoder`; docs/encoders.md)",
+                    elem_id="encoder")
         with gr.Row():
             with gr.Column():
                 image = _tolerant_upload(gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
@@ -192,7 +200,7 @@ def build_app(demo: SegmentationDemo, examples: Sequence[str] = (), title: str =
                     clip_w = gr.Slider(0.0, 1.0, 0.3, step=0.05, label="CLIP branch weight (clip_w)")
                     mode = gr.Radio(["slide", "whole"], value="slide", label="inference")
                     pamr = gr.Checkbox(False, label="PAMR post-processing")
-                    compare = gr.Checkbox(True, label="compare with untrained CLIP surgery")
+                    compare = gr.Checkbox(True, label=f"compare with the untrained baseline ({demo.baseline_name})")
                 submit = gr.Button("Segment", variant="primary", elem_id="submit")
                 if examples:
                     gr.Examples([[path] for path in examples], inputs=[image], label="Examples (generated world)")

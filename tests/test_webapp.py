@@ -136,3 +136,41 @@ def test_the_page_in_a_real_browser(tiny_clip, tmp_path):
             browser.quit()
         server.terminate()
         print(server.communicate(timeout=30)[0][-3000:])
+
+
+def test_the_page_serves_the_encoder_chosen_at_launch(tiny_clip, tmp_path):
+    """tools/app.py --encoder cass --vfm-weights tiny: the page names the encoder and its second model, and a
+    request segments through it (its baseline row is that encoder's untrained projector)."""
+    _require_browser()
+    import web_driver
+    from selenium.webdriver.common.by import By
+
+    torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
+    Image.fromarray(_image(96, 160)).save(tmp_path / "photo.png")
+    port = _free_port()
+    env = {**os.environ, "TAGALIGN_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, str(ROOT / "tools/app.py"), "--clip", "tagalign-tiny", "--pretrained",
+                               str(tmp_path / "clip.pt"), "--encoder", "cass", "--vfm-weights", "tiny", "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                assert time.monotonic() < deadline, "the app did not start within 120 s"
+                time.sleep(0.5)
+        browser = web_driver.browser(tmp_path / "chromium")
+        statuses = web_driver.run_queries(browser, url, tmp_path / "photo.png", ["red square\nsky"])
+        assert "Segmented 2 queries" in statuses[0]
+        assert " ".join(browser.find_element(By.ID, "encoder").text.split()).startswith(
+            "Dense encoder: cass with dino_vitb8")
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        print(server.communicate(timeout=30)[0][-3000:])

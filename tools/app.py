@@ -3,6 +3,7 @@
     python tools/app.py                                   # the quickstart's model (run tools/quickstart.py first)
     python tools/app.py --checkpoint CKPT [--vocab data/tags/tag_embeddings.pt]
     python tools/app.py --clip ViT-B-16 --pretrained /weights/ViT-B-16.pt     # untrained projector (CLIP surgery)
+    python tools/app.py --clip ViT-B-16 --pretrained W --encoder cass --vfm-weights DINO_FILE  # another encoder
     python tools/app.py --host 0.0.0.0 --port 7860                            # serve to other machines
 
 It never downloads anything at start: with no arguments it serves work_dirs/quickstart's trained model, or says how
@@ -31,7 +32,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's)")
     parser.add_argument("--encoder", choices=list(ENCODERS),
                         help="dense encoder (default: the checkpoint's, else surgery); docs/encoders.md")
-    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip; default: DINO ViT-B/8)")
+    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip, cass; default: DINO "
+                                      "ViT-B/8)")
     parser.add_argument("--vfm-weights", help="its weights: a local file or 'tiny' (default: the checkpoint's/hub)")
     parser.add_argument("--vocab", help="tag_embeddings.pt for the image's top tags (default: the quickstart's)")
     parser.add_argument("--examples", help="folder of example images (default: the quickstart's evaluation images)")
