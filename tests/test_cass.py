@@ -230,3 +230,19 @@ def test_window_scores_adjust_each_window_with_the_whole_images_cls(tiny_clip, d
         g = F.normalize(g_image, dim=-1) @ texts.t()
         expected = _adjusted_scores(features, texts, clusters, g, 0.2, 0.3)
         assert torch.allclose(scores.grids[index], expected[0], atol=1e-4), index
+
+
+def test_the_projector_trains_on_cass(tiny_clip, dino):
+    from open_clip import get_tokenizer
+
+    from tagalign.models import TagAlign
+
+    model = TagAlign(tiny_clip, tag_embeddings=torch.randn(4, 64), encoder="cass", vfm=dino)
+    images = torch.randn(2, 3, 64, 64)
+    losses = model.loss(images, get_tokenizer("ViT-B-16")(["a red square", "a blue circle"]),
+                        torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]]).float())
+    (losses["loss_itc"] + losses["loss_tag"]).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith(("projector.", "itc_loss.", "tag_loss.")) for n in grads)
+    assert torch.allclose(model.clip_dense_features(images), dense_features(tiny_clip, images, "cass", vfm=dino),
+                          atol=1e-5)

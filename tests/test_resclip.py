@@ -199,3 +199,24 @@ def test_sfr_on_a_vocabulary_larger_than_the_window(tiny_clip):
     grid = torch.randn(2, 12, 2, 3)
     each = pamr(image, F.interpolate(grid, size=(32, 48), mode="bilinear", align_corners=False), 10, (8, 16))
     assert torch.allclose(refined_cosines(grid, image), each, atol=1e-5)
+
+
+def test_the_projector_trains_on_resclip_without_sfr(tiny_clip):
+    """Training has no segmentation queries: SFR must be switched off (RCS stays), and the error says so."""
+    from open_clip import get_tokenizer
+
+    from tagalign.models import TagAlign
+
+    images = torch.randn(2, 3, 64, 64)
+    tokens = get_tokenizer("ViT-B-16")(["a red square", "a blue circle"])
+    tags = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]]).float()
+    with pytest.raises(ValueError, match="sfr=false"):
+        TagAlign(tiny_clip, tag_embeddings=torch.randn(4, 64), encoder="resclip").loss(images, tokens, tags)
+    model = TagAlign(tiny_clip, tag_embeddings=torch.randn(4, 64), encoder="resclip", encoder_options={"sfr": False})
+    assert not model.reads_text
+    losses = model.loss(images, tokens, tags)
+    (losses["loss_itc"] + losses["loss_tag"]).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith(("projector.", "itc_loss.", "tag_loss.")) for n in grads)
+    expected = dense_features(tiny_clip, images, "resclip", sfr=False)
+    assert torch.allclose(model.clip_dense_features(images), expected, atol=1e-5)
