@@ -99,6 +99,7 @@ class TagAlignSegmentor(BaseSegmentor):
                 weights = lposs_vfm_weights
                 second = (load_vfm(lposs_vfm, tiny=True) if weights == "tiny"
                           else load_vfm(lposs_vfm, pretrained=weights if weights else True))
+            self.lposs_vfm = second  # a submodule: it moves to the device with the segmentor
             self.propagation = LabelPropagation(self.inference_cfg.lposs_settings(), second, statistics)
         if getattr(self.tagalign, "patch_size", None):  # test doubles without a tower have none
             check_patch_grid(self.inference_cfg, self.tagalign.patch_size)
