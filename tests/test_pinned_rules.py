@@ -36,6 +36,8 @@ INFERENCE_DEFAULTS = {
     # CASS's text adjustment (spec-2 §4, §10): its Context59 config's α, g_w and cluster cut
     "cass_adjust": False, "cass_alpha": 0.04, "cass_global_weight": 0.25, "cass_cluster_threshold": 0.09,
     "cass_crop_cls": False,
+    # Trident (spec-2 §5): cos_fac 1.2 and refine_neg_cos on, its base_config's
+    "trident": False, "trident_cos_fac": 1.2, "trident_refine_neg_cos": True,
 }
 
 

@@ -279,6 +279,11 @@ SPEC_TABLE["cass"] = {"voc": (336, None, None, 40, 0.1), "context": (336, 224, 1
                       "coco_object": (336, 224, 112, 40, 0.1), "voc20": (336, 224, 112, 40, 0.0),
                       "context59": (336, 224, 112, 40, 0.0), "coco_stuff": (336, 224, 112, 40, 0.0),
                       "cityscapes": (560, 224, 112, 40, 0.0), "ade20k": (336, 224, 112, 40, 0.0)}
+SPEC_TABLE["trident"] = {"voc": (448, 336, 224, 40, 0.2), "context": (576, 336, 224, 40, 0.15),
+                         "coco_object": (448, 336, 224, 40, 0.25), "voc20": (336, 336, 112, 40, 0.0),
+                         "context59": (576, 336, 224, 40, 0.0), "coco_stuff": (448, 336, 224, 40, 0.0),
+                         "cityscapes": (688, 336, 224, 40, 0.0), "ade20k": (576, 336, 224, 40, 0.0)}
+TRIDENT_COS = {"voc20": (0.0, True), "cityscapes": (3.0, False), "ade20k": (1.2, False)}  # others (1.2, True)
 # spec-2 §10, CASS's text adjustment: g_w, α, h_thr
 CASS_TEXT = {"voc": (0.10, 0.03, 0.10), "context": (0.25, 0.04, 0.09), "coco_object": (0.25, 0.01, 0.10),
              "voc20": (0.40, 0.02, 0.10), "context59": (0.25, 0.04, 0.09), "coco_stuff": (0.20, 0.02, 0.02),
@@ -290,7 +295,7 @@ RESCLIP_OPTIONS = {"voc": (0.50, 2.0, 0.3, 2.2, 0.7), "context": (0.30, 2.0, 0.3
                    "context59": (0.25, 2.0, 0.4, 1.8, 0.7), "coco_stuff": (0.11, 2.0, 0.4, 1.8, 0.7),
                    "cityscapes": (0.10, 2.0, 0.2, 2.1, 0.6), "ade20k": (0.25, 2.0, 0.3, 2.1, 0.7)}
 PAD_TO = {"clearclip": 16, "proxyclip": 56}
-NAME_SET = {"clearclip": "plain", "proxyclip": "proxyclip"}
+NAME_SET = {"clearclip": "plain", "proxyclip": "proxyclip", "trident": "proxyclip"}
 
 
 @pytest.mark.parametrize("preset", sorted(SPEC_TABLE))
@@ -323,6 +328,11 @@ def test_presets_follow_the_spec_table(preset):
             assert (inference["cass_global_weight"], inference["cass_alpha"],
                     inference["cass_cluster_threshold"]) == CASS_TEXT[key], key
             assert inference.get("cass_crop_cls", False) is (key == "cityscapes")
+        elif preset == "trident":  # ProxyCLIP's proxy attention, its mean over all windows, DINO ViT-B/16, SAM
+            assert settings["encoder_options"] == {"batch_mean": True} and settings["vfm"] == "dino_vitb16"
+            assert inference["trident"] is True
+            assert (inference.get("trident_cos_fac", 1.2), inference.get("trident_refine_neg_cos", True)) == \
+                TRIDENT_COS.get(key, (1.2, True)), key
         else:
             assert "encoder_options" not in settings
 

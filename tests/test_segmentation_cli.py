@@ -229,6 +229,26 @@ def test_cass_preset_adjusts_the_queries_per_window(one_image_layouts, tiny_clip
     assert abs(run["mIoU"] - miou) <= 1e-6
 
 
+def test_trident_preset_aggregates_with_sam_over_the_image(one_image_layouts, tiny_clip_file, tmp_path):
+    """--preset trident with a tiny DINO ViT-B/16 and a tiny SAM: ProxyCLIP's windows (mean over all of them), one
+    SAM pass, Trident's published number beside ours, mIoU recomputed from the labels (224 windows: a CPU test)."""
+    out, preds = tmp_path / "trident.json", tmp_path / "preds"
+    result = _run_test_tool(["--dataset", "voc", "--preset", "trident", "--vfm-weights", "tiny", "--sam-weights",
+                             "tiny", "--short-side", "224", "--crop", "224", "--stride", "112", "--data-root",
+                             str(one_image_layouts), "--clip", "tagalign-tiny", "--pretrained", tiny_clip_file,
+                             "--out", str(out), "--save-preds", str(preds), "--work-dir", str(tmp_path / "w"),
+                             "--prompt-set", "simple"], tmp_path)
+    run = json.loads(out.read_text())["voc"]
+    settings = run["settings"]
+    assert run["encoder"] == "proxyclip" and settings["inference"]["trident"] is True
+    assert settings["model"]["vfm"] == "dino_vitb16" and settings["model"]["sam_weights"] == "tiny"
+    assert settings["model"]["encoder_options"] == {"batch_mean": True}
+    assert f"{run['mIoU']:>8.2f}{67.1:>11.2f}" in result.stdout
+    miou, _ = _independent_miou(one_image_layouts / LAYOUTS["voc"].subdir / LAYOUTS["voc"].seg_dir, ".png",
+                                preds / "voc", "", 21, False)
+    assert abs(run["mIoU"] - miou) <= 1e-6
+
+
 def test_missing_dataset_names_expected_path_and_doc(tmp_path):
     with pytest.raises(MissingDatasetError, match=r"VOC2012/JPEGImages.*docs/datasets.md#voc"):
         resolve_data_root(BENCHMARKS["voc"], tmp_path)

@@ -160,6 +160,11 @@ def parse_args() -> argparse.Namespace:
                         help="LPOSS+: then propagate the averaged maps over the image's pixels (colour graph)")
     parser.add_argument("--cass-adjust", action=argparse.BooleanOptionalAction,
                         help="CASS's object-level text adjustment of each window's scores (on in --preset cass)")
+    parser.add_argument("--trident", action=argparse.BooleanOptionalAction,
+                        help="Trident: windows spliced into one map and aggregated by SAM's last attention over the "
+                             "whole image (on in --preset trident)")
+    parser.add_argument("--sam-weights", help="Trident's SAM ViT-B image encoder: a local file or 'tiny' (default: the "
+                                              "hub)")
     parser.add_argument("--lposs-vfm", choices=list(VFM_CATALOG), default="dino_vitb16",
                         help="LPOSS's second model (its last block's attention values; default dino_vitb16)")
     parser.add_argument("--lposs-vfm-weights", help="its weights: a local file or 'tiny' (default: the hub)")
@@ -216,7 +221,7 @@ def parse_args() -> argparse.Namespace:
 
 _INFERENCE_FLAGS = ("mode", "crop", "stride", "pad_to", "crop_batch", "precision", "bg_thresh", "clip_w", "pamr",
                     "score", "mix", "feature_surgery", "logit_scale", "prob_thd", "area_thd", "map_budget_mb",
-                    "lposs", "lposs_plus", "cass_adjust")
+                    "lposs", "lposs_plus", "cass_adjust", "trident")
 
 
 def _inference_options(args) -> dict:
@@ -359,6 +364,7 @@ def _evaluate(args, keys: list[str], encoder: str | None, out: str | None, work_
                          preset=args.preset, encoder=encoder, encoder_options=args.encoder_options,
                          vfm=args.vfm if reads_vfm else None, vfm_weights=args.vfm_weights if reads_vfm else None,
                          lposs_vfm=args.lposs_vfm, lposs_vfm_weights=args.lposs_vfm_weights,
+                         sam_weights=args.sam_weights,
                          overrides=_overrides(args),
                          duplicate_names="keep" if args.keep_duplicate_names else "drop_from_background")
 
@@ -424,8 +430,9 @@ def main() -> None:
     encoder = next(iter(results.values()))["encoder"]
     pamr = any(r["inference"]["pamr"] for r in results.values())
     options = next(iter(results.values())).get("settings", {}).get("model", {}).get("encoder_options")
+    trident = any(r["inference"].get("trident") for r in results.values())
     print(format_table(results, published_reference(encoder, trained=bool(args.checkpoint), pamr=pamr,
-                                                    encoder_options=options)))
+                                                    encoder_options=options, trident=trident)))
     if args.out:
         print(f"wrote {args.out}")
 

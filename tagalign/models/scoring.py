@@ -107,6 +107,18 @@ class DenseScoring:
         projected, clip = self.cosines(images, text_emb, feature_surgery, with_clip=clip_w > 0, adjustment=adjustment)
         return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * clip
 
+    @torch.no_grad()
+    def map_cosines(self, patches: torch.Tensor, text_emb: torch.Tensor, clip_w: float = 0.3) -> torch.Tensor:
+        """:meth:`similarities` of a token map ``[B, width, h, w]`` the caller built from the encoder's tokens
+        (Trident's image-wide map): the projector's and the frozen head's cosines, mixed by ``clip_w``."""
+        texts = F.normalize(text_emb.to(patches.device, torch.float32), dim=-1)
+
+        def cosine(features: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bchw,nc->bnhw", F.normalize(features.float(), dim=1), texts)
+
+        projected = cosine(self.projector(patches))
+        return projected if clip_w <= 0 else (1 - clip_w) * projected + clip_w * cosine(self._clip_projection(patches))
+
 
 def label_set_feature_surgery(similarity: torch.Tensor, cls_similarity: torch.Tensor) -> torch.Tensor:
     """CLIP Surgery's feature surgery over a label set (its ``clip_feature_surgery``, training-free spec §6.2).

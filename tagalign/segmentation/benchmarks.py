@@ -117,6 +117,8 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
                           _row(59.0, 32.9, 34.0, 87.1, 36.4, 24.3, 34.5, 17.8)),
     "cass": ("CASS, its README's figure (with its object-level text adjustment)",
              _row(65.8, 36.7, 37.8, 87.8, 40.2, 26.7, 39.4, 20.4)),
+    "trident": ("Trident, its README's figure (assets/data_result.png; whether with --sam_refine is unverified)",
+                _row(67.1, 38.6, 41.1, 84.5, 42.2, 28.3, 42.9, 21.9)),
     "naclip_no_pamr": ("NACLIP without PAMR (ResCLIP and Trident, 3rd-party)",
                        _row(58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4)),
     "clip_surgery": ("CLIP Surgery paper Table 6 (Context column: 59 or 60 unverified)",
@@ -125,8 +127,8 @@ PUBLISHED_MIOU: dict[str, tuple[str, dict[str, float]]] = {
 }
 
 
-def published_reference(encoder: str | None, trained: bool, pamr: bool,
-                        encoder_options: dict | None = None) -> tuple[str, dict[str, float]] | None:
+def published_reference(encoder: str | None, trained: bool, pamr: bool, encoder_options: dict | None = None,
+                        trident: bool = False) -> tuple[str, dict[str, float]] | None:
     """The published row to print beside a run: TagAlign's paper for a trained surgery projector, else the
     training-free method's own numbers (NACLIP's with or without PAMR, ResCLIP's on its base); None where nothing
     was published."""
@@ -135,6 +137,8 @@ def published_reference(encoder: str | None, trained: bool, pamr: bool,
         return PUBLISHED_MIOU["tagalign"] if encoder == "surgery" else None
     if encoder == "naclip" and not pamr:
         return PUBLISHED_MIOU["naclip_no_pamr"]
+    if trident:
+        return PUBLISHED_MIOU["trident"]
     if encoder == "resclip" and (encoder_options or {}).get("base", "naclip") != "naclip":
         return PUBLISHED_MIOU.get(f"resclip_{encoder_options['base']}")
     return PUBLISHED_MIOU.get(encoder)

@@ -89,6 +89,7 @@ def build_test_config(
     vfm_weights: str | None = None,
     lposs_vfm: str = "dino_vitb16",
     lposs_vfm_weights: str | None = None,
+    sam_weights: str | None = None,
     overrides: dict | None = None,
     duplicate_names: str = "drop_from_background",
 ) -> Config:
@@ -105,9 +106,11 @@ def build_test_config(
     settings = resolve_settings(key, protocol, preset, overrides)
     if encoder is None and preset is not None and checkpoint is None:
         encoder = PRESETS[preset][1]
-    preset_options = settings.pop("encoder_options", None)
-    if preset_options and checkpoint is None and encoder == PRESETS[preset][1]:
-        encoder_options = {**preset_options, **(encoder_options or {})}  # the user's options over the preset's
+    preset_options, preset_vfm = settings.pop("encoder_options", None), settings.pop("vfm", None)
+    if checkpoint is None and preset is not None and encoder == PRESETS[preset][1]:
+        if preset_options:
+            encoder_options = {**preset_options, **(encoder_options or {})}  # the user's options over the preset's
+        vfm = vfm or preset_vfm
     if encoder == "clip_surgery" and "feature_surgery" not in overrides["inference"]:
         settings["inference"]["feature_surgery"] = True  # the original method scores through its feature surgery
     settings["encoder"] = encoder
@@ -117,6 +120,8 @@ def build_test_config(
     lposs = settings["inference"].get("lposs")
     if lposs:  # the second model of LPOSS is part of what a result was computed with
         settings["model"].update(lposs_vfm=lposs_vfm, lposs_vfm_weights=lposs_vfm_weights)
+    if settings["inference"].get("trident"):  # and Trident's SAM
+        settings["model"].update(sam_weights=sam_weights)
     templates = settings["templates"]
     templates = list(TEMPLATE_SETS[templates]) if isinstance(templates, str) else list(templates)
     names = class_name_groups(key, settings["class_names"], dataset_classes)
@@ -137,6 +142,7 @@ def build_test_config(
             vfm=vfm,
             vfm_weights=vfm_weights,
             **({"lposs_vfm": lposs_vfm, "lposs_vfm_weights": lposs_vfm_weights} if lposs else {}),
+            **({"sam_weights": sam_weights} if settings["inference"].get("trident") else {}),
             templates=templates,
             normalize_each_template=settings["normalize_each_template"],
             duplicate_names=duplicate_names,

@@ -61,6 +61,11 @@ class InferenceConfig:
     cass_cluster_threshold: float = 0.09
     cass_crop_cls: bool = False  # the window's own CLS embedding instead of the whole image's
 
+    # Trident (trident.py): windows spliced into one map, aggregated by SAM's last attention over the whole image
+    trident: bool = False
+    trident_cos_fac: float = 1.2
+    trident_refine_neg_cos: bool = True
+
     def lposs_settings(self) -> LpossSettings:
         return LpossSettings(alpha=self.lposs_alpha, k=self.lposs_k, sigma=self.lposs_sigma, gamma=self.lposs_gamma,
                              tau=self.lposs_tau, radius=self.lposs_radius)
@@ -80,6 +85,9 @@ class InferenceConfig:
             raise ValueError("crop, stride and crop_batch must be positive")
         if not self.map_budget_mb > 0:
             raise ValueError(f"map_budget_mb must be positive, got {self.map_budget_mb}")
+        if self.trident and (self.protocol != "sclip" or self.lposs or self.mode != "slide"):
+            raise ValueError("Trident scores the whole image from its sliding windows under the sclip protocol; it "
+                             "does not combine with --lposs or --mode whole")
         if not 0 < self.lposs_alpha < 1 or self.lposs_k < 1 or self.lposs_radius < 3 or self.lposs_tau <= 0:
             raise ValueError(f"LPOSS needs 0 < lposs_alpha < 1, lposs_k >= 1, lposs_radius >= 3 and lposs_tau > 0; "
                              f"got {self.lposs_alpha}, {self.lposs_k}, {self.lposs_radius}, {self.lposs_tau}")

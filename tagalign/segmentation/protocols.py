@@ -16,6 +16,8 @@ whole-image VOC/VOC20, and per dataset the encoder options ``temp_thd``, ``tau_r
 ``tau_sfr``/``lambda_sfr``: a preset may carry ``encoder_options`` for its own encoder, under the user's),
 ``cass`` (SCLIP's windows, whole-image VOC, DINO ViT-B/8, its object-level text adjustment with per-dataset g_w, α
 and cluster cut, singular values not stretched on VOC20 and Cityscapes),
+``trident`` (ProxyCLIP with DINO ViT-B/16 on 336/224 windows spliced into one map, SAM's last attention over the
+whole image; per-dataset short side and ``cos_fac``; a preset may name its encoder's second model, ``vfm``),
 ``lposs``/``lposs_plus`` (MaskCLIP with residual and FFN, short side 448, slide 224/112, no ``prob_thd``, label
 propagation over the windows, and for LPOSS+ over the pixels; their CLIP is OpenCLIP's ``laion2b_s34b_b88k``, chosen
 with ``--pretrained``).
@@ -102,6 +104,20 @@ _TABLE: dict[str, dict[str, dict]] = {
                            encoder_options=dict(stretch=False)),
         "ade20k": dict(inference=_cass_text(0.30, 0.05, 0.06)),
     },
+    "trident": {  # Trident's configs (spec-2 §5, §10): ProxyCLIP with DINO ViT-B/16 on 336 windows, SAM over the image
+        "*": dict(class_names="proxyclip", vfm="dino_vitb16", encoder_options=dict(batch_mean=True),
+                  inference=dict(trident=True, crop=336, stride=224, logit_scale=40.0)),
+        "voc": dict(short_side=448, inference=dict(prob_thd=0.2)),
+        "context": dict(short_side=576, inference=dict(prob_thd=0.15)),
+        "coco_object": dict(short_side=448, inference=dict(prob_thd=0.25)),
+        "voc20": dict(inference=dict(stride=112, trident_cos_fac=0.0)),
+        "context59": dict(short_side=576),
+        "coco_stuff": dict(short_side=448),
+        "cityscapes": dict(short_side=688, inference=dict(trident_cos_fac=3.0, trident_refine_neg_cos=False)),
+        "ade20k": dict(short_side=576, inference=dict(trident_refine_neg_cos=False)),
+        "pc459": dict(short_side=448),
+        "ade847": dict(short_side=448),
+    },
     "lposs": {  # LPOSS's configs/lposs.yaml and datasets/*.py (spec-2 §6): 448, slide 224/112, no prob_thd
         "*": dict(short_side=448, inference=dict(lposs=True)),
     },
@@ -121,7 +137,7 @@ _TABLE: dict[str, dict[str, dict]] = {
 PRESETS = {"tagalign": ("tagalign", "surgery"), "sclip": ("sclip", "sclip"), "naclip": ("sclip", "naclip"),
            "clearclip": ("sclip", "clearclip"), "proxyclip": ("sclip", "proxyclip"), "sc_clip": ("sclip", "sc_clip"),
            "resclip": ("sclip", "resclip"), "lposs": ("sclip", "maskclip"), "lposs_plus": ("sclip", "maskclip"),
-           "cass": ("sclip", "cass")}
+           "cass": ("sclip", "cass"), "trident": ("sclip", "proxyclip")}
 _TABLED_DATASETS = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 

@@ -28,6 +28,7 @@ from .class_names import resolve_duplicates
 from .inference import InferenceConfig, check_patch_grid, predict_probabilities
 from .label_maps import sclip_labels, tagalign_labels
 from .label_propagation import LabelPropagation
+from .trident import Trident, TridentSettings
 from .windows import WindowScores
 
 __all__ = ["TagAlignSegmentor"]
@@ -51,6 +52,8 @@ class TagAlignSegmentor(BaseSegmentor):
         normalize_each_template: L2-normalise each template's embedding before the mean (the SCLIP family).
         duplicate_names: ``drop_from_background`` or ``keep`` (see :func:`.class_names.resolve_duplicates`).
         has_background: whether class 0 is the dataset's background (default: its first name is "background").
+        sam_weights: Trident's SAM ViT-B image encoder (``inference.trident``): a local file, ``tiny`` or None (the
+            hub).
         lposs_vfm, lposs_vfm_weights: LPOSS's second model (``inference.lposs``; default DINO ViT-B/16 from the hub,
             weights a local file or ``tiny``), which sees the windows re-normalised like ``vfm``.
         inference: :class:`InferenceConfig` fields.
@@ -74,6 +77,7 @@ class TagAlignSegmentor(BaseSegmentor):
         vfm_weights: str | None = None,
         lposs_vfm: str = "dino_vitb16",
         lposs_vfm_weights: str | None = None,
+        sam_weights: str | None = None,
         normalize_each_template: bool = False,
         duplicate_names: str = "drop_from_background",
         has_background: bool | None = None,
@@ -101,6 +105,14 @@ class TagAlignSegmentor(BaseSegmentor):
                           else load_vfm(lposs_vfm, pretrained=weights if weights else True))
             self.lposs_vfm = second  # a submodule: it moves to the device with the segmentor
             self.propagation = LabelPropagation(self.inference_cfg.lposs_settings(), second, statistics)
+        self.trident = None
+        if self.inference_cfg.trident:
+            statistics = (tuple(tuple(v / 255 for v in data_preprocessor[key]) for key in ("mean", "std"))
+                          if data_preprocessor else LabelPropagation().input_statistics)
+            self.sam = (load_vfm("sam_vitb", tiny=True) if sam_weights == "tiny"
+                        else load_vfm("sam_vitb", pretrained=sam_weights if sam_weights else True))
+            self.trident = Trident(self.sam, TridentSettings(self.inference_cfg.trident_cos_fac,
+                                                             self.inference_cfg.trident_refine_neg_cos), statistics)
         if getattr(self.tagalign, "patch_size", None):  # test doubles without a tower have none
             check_patch_grid(self.inference_cfg, self.tagalign.patch_size)
         groups = [[name] if isinstance(name, str) else list(name) for name in class_names]
@@ -147,7 +159,7 @@ class TagAlignSegmentor(BaseSegmentor):
         for i, sample in enumerate(data_samples):
             image = inputs[i : i + 1]
             size = tuple(sample.metainfo.get("ori_shape", image.shape[-2:]))[:2]
-            scores = WindowScores(self.tagalign, image, self.text_emb, config, self.propagation)
+            scores = WindowScores(self.tagalign, image, self.text_emb, config, self.propagation, self.trident)
             chunks = self.chunks(tuple(image.shape[-2:]), size)
             if config.protocol == "sclip":
                 labels, maps = sclip_labels(scores, chunks, self.query_class, self.num_classes, config, size,

@@ -6,7 +6,8 @@ for a slice of the queries (:meth:`WindowScores.average`), so a caller can walk 
 Both protocols share it: ``tagalign`` keeps per-window probabilities (optionally PAMR-refined at 1/``pamr_stride``
 of the window), ``sclip`` per-window cosines of the zero-padded window with the padding cut off. LPOSS replaces the
 window scores by their propagation over all windows' patches (on its second model's grid); LPOSS+ propagates each
-averaged map over the image's pixels (:mod:`.label_propagation`).
+averaged map over the image's pixels (:mod:`.label_propagation`). Trident replaces the windows by one image-wide map on
+SAM's grid (:mod:`.trident`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .class_chunks import resize_maps
 from .inference_config import InferenceConfig, autocast, window_grid
 from .label_propagation import LabelPropagation
 from .text_adjustment import ObjectTextAdjustment, query_clusters
+from .trident import Trident
 
 __all__ = ["WindowScores"]
 
@@ -42,7 +44,7 @@ class WindowScores:
 
     @torch.no_grad()
     def __init__(self, model, image: torch.Tensor, text_emb: torch.Tensor, config: InferenceConfig,
-                 propagation: LabelPropagation | None = None) -> None:
+                 propagation: LabelPropagation | None = None, trident: Trident | None = None) -> None:
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"expected one image [1, 3, H, W], got {list(image.shape)}")
         if (config.lposs or config.lposs_plus) and propagation is None:
@@ -51,6 +53,13 @@ class WindowScores:
         self.image, self.config, self.propagation = image, config, propagation
         self._pixel_graph = None
         self.height, self.width = image.shape[-2:]
+        if config.trident:  # one image-wide map on SAM's grid, from all windows at once
+            if trident is None:
+                raise ValueError("Trident needs SAM's image encoder: pass trident=Trident(load_vfm('sam_vitb'))")
+            self.boxes = [(0, self.height, 0, self.width)]
+            self.grids = trident.scores(model, image, text_emb, config.crop, config.stride, config.clip_w).float()
+            self.counts = image.new_ones((1, 1, self.height, self.width), dtype=torch.float32)
+            return
         if config.mode == "whole":
             self.boxes = [(0, self.height, 0, self.width)]
         else:
@@ -123,8 +132,8 @@ class WindowScores:
         config, grid = self.config, self.grids[index : index + 1, queries]
         crop_h, crop_w = self._crop(self.boxes[index]).shape[-2:]
         if config.protocol == "sclip":
-            top, bottom = _pad_amounts(crop_h, config.pad_to)
-            left, right = _pad_amounts(crop_w, config.pad_to)
+            top, bottom = (0, 0) if config.trident else _pad_amounts(crop_h, config.pad_to)
+            left, right = (0, 0) if config.trident else _pad_amounts(crop_w, config.pad_to)
             up = resize_maps(grid, (crop_h + top + bottom, crop_w + left + right))
             return up[:, :, top : top + crop_h, left : left + crop_w]
         if not config.pamr:

@@ -113,6 +113,35 @@ class SecondModel(nn.Module):
         h, w = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
+    @torch.no_grad()
+    def sam_last_attention(self, prepared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's last (global) block on an input the caller ``prepared`` (SAM-normalised, ``input_size`` square):
+        ``(attention [B, heads, n, n], values [B, heads, n, head_dim])`` over its ``n`` tokens, the attention
+        ``softmax(q·kᵀ·s + decomposed relative positions)`` as the block computes it (Trident reads both)."""
+        from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
+
+        if self.spec.readout != "neck":
+            raise ValueError(f"second model '{self.name}' is not SAM's image encoder")
+        attention = self.model.blocks[-1].attn
+        captured = []
+        handle = attention.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0]))
+        try:
+            self.model.forward_features(prepared)
+        finally:
+            handle.remove()
+        x = captured[0]
+        batch, height, width, _ = x.shape
+        n = height * width
+        qkv = attention.qkv(x.reshape(batch, n, -1)).view(batch, n, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, batch * attention.num_heads, n, -1).unbind(0)
+        q, k = attention.q_norm(q), attention.k_norm(k)
+        scores = (q * attention.scale) @ k.transpose(-2, -1)
+        if attention.use_rel_pos:
+            scores = scores + get_decomposed_rel_pos_bias(q, attention.rel_pos_h, attention.rel_pos_w,
+                                                          (height, width), (height, width))
+        shape = (batch, attention.num_heads, n, -1)
+        return scores.softmax(dim=-1).view(shape), v.view(shape)
+
     def _token_map(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         h, w = self.grid(images)
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
@@ -141,9 +170,10 @@ def _check_patch_embedding(name: str, spec: VfmSpec, path: str, model: nn.Module
 
 @torch.no_grad()
 def _with_random_affine(model: nn.Module, scale: float = 0.2) -> nn.Module:
-    """Non-zero biases and non-identity norms, as trained weights have (a fresh timm model has neither)."""
+    """Non-zero biases, relative positions and non-identity norms, as trained weights have (a fresh timm model has
+    none of them)."""
     for name, param in model.named_parameters():
-        if name.endswith("bias") and param.ndim == 1:
+        if (name.endswith("bias") and param.ndim == 1) or "rel_pos" in name:  # SAM's relative positions start at 0
             param.copy_(scale * torch.randn_like(param))
     for module in model.modules():
         weight = getattr(module, "weight", None)
