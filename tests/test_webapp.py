@@ -68,6 +68,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _serve(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """tools/app.py with ``args`` on a free port, once it answers: ``(the server process, its URL)``."""
+    port = _free_port()
+    env = {**os.environ, "TAGALIGN_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, str(ROOT / "tools/app.py"), *args, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return server, url
+        except OSError:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            if time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError("the app did not start within 120 s") from None
+            time.sleep(0.5)
+
+
 def _require_browser() -> None:
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         message = "Debian's chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver"
@@ -86,23 +106,9 @@ def test_the_page_in_a_real_browser(tiny_clip, tmp_path):
     model = TagAlign(load_clip("tagalign-tiny", str(tmp_path / "clip.pt")))
     save_checkpoint(model, tmp_path / "ckpt.pth")
     Image.fromarray(_image(120, 200)).save(tmp_path / "photo.png")
-    port = _free_port()
-    env = {**os.environ, "TAGALIGN_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, str(ROOT / "tools/app.py"), "--checkpoint", str(tmp_path / "ckpt.pth"),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env)
+    server, url = _serve(["--checkpoint", str(tmp_path / "ckpt.pth")], tmp_path)
     browser = None
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-3000:]
-                assert time.monotonic() < deadline, "the app did not start within 120 s"
-                time.sleep(0.5)
         browser = web_driver.browser(tmp_path / "chromium")
         query_sets = ["red square\nblue, navy", "green\nsky"]
         statuses = web_driver.run_queries(browser, url, tmp_path / "photo.png", query_sets)
@@ -147,23 +153,10 @@ def test_the_page_serves_the_encoder_chosen_at_launch(tiny_clip, tmp_path):
 
     torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
     Image.fromarray(_image(96, 160)).save(tmp_path / "photo.png")
-    port = _free_port()
-    env = {**os.environ, "TAGALIGN_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, str(ROOT / "tools/app.py"), "--clip", "tagalign-tiny", "--pretrained",
-                               str(tmp_path / "clip.pt"), "--encoder", "cass", "--vfm-weights", "tiny", "--port",
-                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    server, url = _serve(["--clip", "tagalign-tiny", "--pretrained", str(tmp_path / "clip.pt"), "--encoder", "cass",
+                          "--vfm-weights", "tiny"], tmp_path)
     browser = None
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-3000:]
-                assert time.monotonic() < deadline, "the app did not start within 120 s"
-                time.sleep(0.5)
         browser = web_driver.browser(tmp_path / "chromium")
         statuses = web_driver.run_queries(browser, url, tmp_path / "photo.png", ["red square\nsky"])
         assert "Segmented 2 queries" in statuses[0]
