@@ -4,8 +4,8 @@ Two additions to the last block of a base encoder (``base``: NACLIP, the publish
 vanilla attention):
 
 * **RCS** (residual cross-correlation self-attention): ``A_rcs`` = the mean of the ordinary attention maps (per
-  head, every token) of blocks ``rcs_start..rcs_stop - 1`` (the authors' 5..8 of 12), mixed into the last block's
-  attention after its softmax: ``A ← τ_rcs·((1 − λ_rcs)·A + λ_rcs·A_rcs)``.
+  head, every token) of blocks ``rcs_start..rcs_stop - 1`` (the authors' 5..8, for any depth), mixed into the last
+  block's attention after its softmax: ``A ← τ_rcs·((1 − λ_rcs)·A + λ_rcs·A_rcs)``.
 * **SFR** (semantic feedback refinement): a first pass of the last block (with RCS, without SFR) is scored against
   the text queries: dense head, cosines, bilinear to the window, PAMR (10 iterations, dilations 8 and 16) on the
   window, ``softmax_q(logit_scale·cos)``. Each pixel takes its best query (query 0 where the best probability is
@@ -43,12 +43,13 @@ __all__ = ["BASES", "check_path", "patch_labels", "refined_cosines", "resclip", 
 
 #: base -> whether the last block keeps its residual and FFN (the authors' ``w_resi``)
 BASES = {"naclip": False, "clearclip": False, "sclip": True, "vanilla": True}
-_AUTHORS_RCS = {12: (5, 9), 24: (10, 18)}
+_AUTHORS_RCS = (5, 9)  # fixed in the authors' code for any depth (ViT-L/14 too)
 
 
 def _rcs_range(depth: int) -> tuple[int, int]:
-    if depth in _AUTHORS_RCS:
-        return _AUTHORS_RCS[depth]
+    """The authors' blocks 5..8, or the same fraction of a tower too shallow to hold them (fewer than 10 blocks)."""
+    if depth >= 10:
+        return _AUTHORS_RCS
     return max(0, round(5 * depth / 12)), max(1, min(depth - 1, round(9 * depth / 12)))
 
 
@@ -182,9 +183,9 @@ def _trunk_with_rcs(tower: Tower, images: torch.Tensor, start: int, stop: int
     delete_same_entity=Option(bool, True, "SFR: damp same-label pairs whose path leaves the label"),
     full_path_check=Option(bool, False, "SFR: test the whole path (the authors' code tests a prefix)"),
     sfr_pamr=Option(bool, True, "SFR: refine the first pass with PAMR (10 iterations, dilations 8, 16)"),
-    rcs_start=Option(int, -1, "first block of RCS (-1: the authors' 5 of 12, scaled to the depth)", minimum=-1,
-                     maximum="blocks"),
-    rcs_stop=Option(int, -1, "block after the last of RCS (-1: the authors' 9 of 12, scaled)", minimum=-1,
+    rcs_start=Option(int, -1, "first block of RCS (-1: the authors' 5, fixed for any depth; scaled below 10 "
+                              "blocks)", minimum=-1, maximum="blocks"),
+    rcs_stop=Option(int, -1, "block after the last of RCS (-1: the authors' 9; scaled below 10 blocks)", minimum=-1,
                     maximum="blocks"),
 )
 def resclip(visual: nn.Module | Tower, images: torch.Tensor, text: torch.Tensor | None = None, base: str = "naclip",
