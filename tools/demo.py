@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrained", help="open_clip tag or local weights file (default: the checkpoint's/openai)")
     parser.add_argument("--encoder", choices=list(ENCODERS),
                         help="dense encoder (default: the checkpoint's, else surgery); docs/encoders.md")
-    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip; default: DINO ViT-B/8)")
+    parser.add_argument("--vfm", help="second vision model of a VFM-guided encoder (proxyclip, cass; default: DINO "
+                                      "ViT-B/8)")
     parser.add_argument("--vfm-weights", help="its weights: a local file or 'tiny' (default: the checkpoint's/hub)")
     parser.add_argument("--out", default="work_dirs/demo")
     parser.add_argument("--no-background", action="store_true", help="label every pixel with a text")
