@@ -41,6 +41,7 @@ _SCLIP_BASE = dict(
 _TAGALIGN_BASE = dict(norm="imagenet", short_side=None, templates="simple", normalize_each_template=False,
                       class_names="dataset", inference=dict())
 
+
 def _cass_text(global_weight: float, alpha: float, threshold: float) -> dict:
     return dict(cass_global_weight=global_weight, cass_alpha=alpha, cass_cluster_threshold=threshold)
 
