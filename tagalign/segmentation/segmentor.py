@@ -94,10 +94,11 @@ class TagAlignSegmentor(BaseSegmentor):
             self.tagalign.vfm.input_statistics = tuple(tuple(v / 255 for v in data_preprocessor[key])
                                                        for key in ("mean", "std"))
         self.inference_cfg = InferenceConfig(**(inference or {}))
+        # the pixel statistics the windows were normalised with, for the steps that read colours or re-normalise
+        statistics = (tuple(tuple(v / 255 for v in data_preprocessor[key]) for key in ("mean", "std"))
+                      if data_preprocessor else LabelPropagation().input_statistics)
         self.propagation = None
         if self.inference_cfg.lposs or self.inference_cfg.lposs_plus:
-            statistics = (tuple(tuple(v / 255 for v in data_preprocessor[key]) for key in ("mean", "std"))
-                          if data_preprocessor else LabelPropagation().input_statistics)
             second = None
             if self.inference_cfg.lposs:
                 weights = lposs_vfm_weights
@@ -107,8 +108,6 @@ class TagAlignSegmentor(BaseSegmentor):
             self.propagation = LabelPropagation(self.inference_cfg.lposs_settings(), second, statistics)
         self.trident = None
         if self.inference_cfg.trident:
-            statistics = (tuple(tuple(v / 255 for v in data_preprocessor[key]) for key in ("mean", "std"))
-                          if data_preprocessor else LabelPropagation().input_statistics)
             self.sam = (load_vfm("sam_vitb", tiny=True) if sam_weights == "tiny"
                         else load_vfm("sam_vitb", pretrained=sam_weights if sam_weights else True))
             self.trident = Trident(self.sam, TridentSettings(self.inference_cfg.trident_cos_fac,
